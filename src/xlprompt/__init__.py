@@ -1,0 +1,38 @@
+"""xlprompt: cross-lingual transfer with soft prompts on frozen multilingual models.
+
+    import xlprompt
+    run = xlprompt.fit(xlprompt.TrainConfig(shots=32, epochs=3))
+    run.save("runs/sib200-e5")
+    results = xlprompt.evaluate(xlprompt.load("runs/sib200-e5"), languages="all")
+"""
+from .config import TrainConfig
+from .errors import XlpromptError
+from .prompts.config import InputPromptConfig
+
+__version__ = "0.1.0"
+
+
+def fit(config: TrainConfig | None = None, **kwargs):
+    from .train import fit as _fit
+
+    return _fit(config, **kwargs)
+
+
+def evaluate(run, languages="all", **kwargs) -> dict:
+    from .evaluate import evaluate as _evaluate
+
+    return _evaluate(run, languages, **kwargs)
+
+
+def save(run, out_dir):
+    return run.save(out_dir)
+
+
+def load(run_dir, backbone=None):
+    from .run import Run
+
+    return Run.load(run_dir, backbone=backbone)
+
+
+__all__ = ["TrainConfig", "InputPromptConfig", "XlpromptError", "fit", "evaluate", "save", "load",
+           "__version__"]

@@ -1,0 +1,177 @@
+"""The `xlprompt` command: thin, parses options into the same config objects the Python API takes."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import XlpromptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Soft prompts for cross-lingual transfer on frozen multilingual models.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn XlpromptError into one red line and exit code 2, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except XlpromptError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _data_dir(value: Optional[Path]) -> Optional[str]:
+    if value is None:
+        return os.environ.get("XLPROMPT_DATA") or None
+    if not value.is_dir():
+        raise XlpromptError(f"--data-dir {value} does not exist or is not a folder.")
+    return str(value)
+
+
+def _refuse_existing_run(out: Path, overwrite: bool) -> None:
+    if (out / "run.json").exists() and not overwrite:
+        raise XlpromptError(f"{out} already holds a run: choose another --out or pass --overwrite.")
+
+
+@app.command()
+@friendly
+def train(
+    task: str = typer.Option("sib200", help="Registered task name (`xlprompt tasks`)."),
+    model: str = typer.Option("multilingual-e5-small", help="Hub id, local folder, or the offline default."),
+    method: str = typer.Option("prompt", help="prompt (input-level soft prompt)."),
+    prompt_length: int = typer.Option(10, help="Number of soft prompt vectors L."),
+    init: str = typer.Option("random", help="random (uniform ±0.5) or vocab (sampled token embeddings)."),
+    shots: Optional[int] = typer.Option(None, help="Samples per class from train (omit for all); dev gets ⌈n/4⌉."),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(5),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(5e-3, help="Prompt learning rate."),
+    head_lr: Optional[float] = typer.Option(None, help="Head learning rate (default: --lr)."),
+    max_length: int = typer.Option(128, help="Max tokens of the text, before prompt slots."),
+    freeze: bool = typer.Option(True, "--freeze/--no-freeze", help="Keep the model frozen (default)."),
+    train_lang: Optional[str] = typer.Option(None, help="Training language (default: the task's, English)."),
+    pooling: str = typer.Option("mean", help="Encoder pooling: mean or first."),
+    label_words: Optional[str] = typer.Option(None, help="Comma-separated verbalizer words (decoders)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
+    out: Path = typer.Option(..., help="Run folder to write."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+    evaluate_langs: Optional[str] = typer.Option(None, "--evaluate", help="Also evaluate: all or a,b,c."),
+):
+    """Train a prompt (and head) on one language; write the run folder."""
+    from .config import TrainConfig
+    from .prompts.config import InputPromptConfig
+    from .train import fit
+
+    if method != "prompt":
+        raise XlpromptError(f"Unknown --method {method!r}: available: prompt.")
+    _refuse_existing_run(out, overwrite)
+    config = TrainConfig(
+        task=task, model=model, method=InputPromptConfig(length=prompt_length, init=init), shots=shots,
+        seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
+        freeze_model=freeze, train_language=train_lang, pooling=pooling,
+        label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
+        data_dir=_data_dir(data_dir),
+    )
+    run = fit(config)
+    run.save(out)
+    best = run.curve[run.info["best_epoch"] - 1]
+    console.print(f"saved run to [bold]{out}[/] · best epoch {run.info['best_epoch']} · dev accuracy "
+                  f"{best['dev_accuracy']:.3f} · {run.info['train_seconds']:.0f}s")
+    if evaluate_langs:
+        _evaluate_and_show(run, evaluate_langs, out / "results.json", None, "accuracy")
+
+
+def _evaluate_and_show(run, langs, out_json, data_dir, sort):
+    from .evaluate import evaluate as _evaluate
+    from .evaluate import results_table, write_results
+
+    results = _evaluate(run, langs, data_dir=data_dir)
+    console.print(results_table(results, sort_by=sort))
+    if out_json:
+        write_results(results, out_json)
+        console.print(f"wrote {out_json} and {Path(out_json).with_suffix('.csv')}")
+    return results
+
+
+@app.command()
+@friendly
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `xlprompt train`."),
+    langs: str = typer.Option("all", help="all, or comma-separated language codes."),
+    out: Optional[Path] = typer.Option(None, help="Write results JSON (and a CSV beside it)."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the task's test split)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
+    sort: str = typer.Option("accuracy", help="Sort the table by a metric or 'language'."),
+):
+    """Zero-shot evaluation of a run on many languages."""
+    from .evaluate import evaluate as _evaluate
+    from .evaluate import results_table, write_results
+    from .run import Run
+
+    data = _data_dir(data_dir)
+    run = Run.load(run_dir)
+    results = _evaluate(run, langs, split=split, data_dir=data)
+    console.print(results_table(results, sort_by=sort))
+    target = out or (run_dir / "results.json")
+    write_results(results, target)
+    console.print(f"wrote {target}")
+
+
+@app.command()
+@friendly
+def tasks():
+    """List the registered tasks."""
+    from .tasks import get_task, task_names
+
+    for name in task_names():
+        t = get_task(name)
+        console.print(f"[bold]{name}[/]: {t.description} · labels: {', '.join(t.label_names)}")
+
+
+@app.command()
+@friendly
+def languages(task: str = typer.Option("sib200"), data_dir: Optional[Path] = typer.Option(None)):
+    """List a task's language codes with names and scripts."""
+    from .data.languages import language_info
+    from .tasks import get_task
+
+    for code in get_task(task).languages(_data_dir(data_dir)):
+        info = language_info(code)
+        console.print(f"{code}\t{info.name}\t{info.script_name}")
+
+
+@app.command()
+@friendly
+def quickstart(
+    out: Path = typer.Option(Path("xlprompt-quickstart"), help="Folder for the run and the report."),
+    prompt_length: int = typer.Option(10),
+    shots: Optional[int] = typer.Option(None, help="Samples per class (default: all 701 sentences)."),
+    epochs: int = typer.Option(5),
+    seed: int = typer.Option(0),
+    langs: str = typer.Option("all"),
+):
+    """The main job: train a soft prompt on English SIB-200 with the offline default model, evaluate
+    zero-shot on all 205 languages, print a table and a summary, write a report."""
+    from .quickstart import run_quickstart
+
+    run_quickstart(out=out, prompt_length=prompt_length, shots=shots, epochs=epochs, seed=seed,
+                   langs=langs, console=console)
+
+
+def main():  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,56 @@
+"""The resolved configuration of a training run: what `xlprompt train` parses into and run folders keep."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import XlpromptError
+from .prompts.config import InputPromptConfig, method_from_dict
+
+
+@dataclass
+class TrainConfig:
+    task: str = "sib200"
+    model: str = "multilingual-e5-small"
+    method: Any = field(default_factory=InputPromptConfig)
+    train_language: str | None = None  # None: the task's default (English)
+    shots: int | None = None           # samples per class from train; None = all; dev gets ceil(n/4)
+    seed: int = 0
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 5e-3                   # prompt learning rate (Philippy et al.)
+    head_lr: float | None = None       # None: same as lr
+    warmup: float = 0.1
+    max_length: int = 128
+    weight_decay: float = 0.0
+    freeze_model: bool = True
+    pooling: str = "mean"              # encoder head: mean over real positions (e5) or first token
+    label_words: list[str] | None = None  # decoder verbalizer; None: the task's words for the model family
+    data_dir: str | None = None
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        if isinstance(self.method, dict):
+            self.method = method_from_dict(self.method)
+        if self.shots is not None and self.shots < 1:
+            raise XlpromptError(f"--shots must be >= 1 (or omitted for all), got {self.shots}.")
+        if self.epochs < 1:
+            raise XlpromptError(f"--epochs must be >= 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise XlpromptError(f"--batch-size must be >= 1, got {self.batch_size}.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise XlpromptError(f"warmup is a fraction of training steps in [0, 1), got {self.warmup}.")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["method"] = dataclasses.asdict(self.method)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise XlpromptError(f"Unknown config keys {sorted(unknown)}; known: {sorted(names)}.")
+        return cls(**d)

@@ -1,0 +1,141 @@
+"""Zero-shot evaluation over many languages: batched across languages, length-sorted, inference mode."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io
+from .collate import Encoded, encode_texts, length_sorted_batches
+from .data.languages import resolve_languages
+from .progress import progress_bar
+from .tasks import get_task
+
+
+@torch.inference_mode()
+def predict_encoded(model, encoded: Encoded, batch_size: int = 64, max_tokens: int = 16384,
+                    progress: bool = False, description: str = "evaluating") -> np.ndarray:
+    """Class logits for every encoded row, in row order."""
+    model.eval()
+    collate = model.collator()
+    lengths = [n + model.num_slots + 1 for n in encoded.lengths()]
+    batches = length_sorted_batches(lengths, batch_size, max_tokens)
+    chunks = []
+    with progress_bar(progress) as bar:
+        tid = bar.add_task(description, total=len(encoded), info="")
+        for rows in batches:
+            batch = collate(encoded, rows)
+            chunks.append((rows, model(batch).float().numpy()))
+            bar.update(tid, advance=len(rows))
+    num_labels = chunks[0][1].shape[1] if chunks else 0
+    out = np.zeros((len(encoded), num_labels), dtype=np.float32)
+    for rows, logits in chunks:
+        out[rows] = logits
+    return out
+
+
+def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64) -> np.ndarray:
+    """Predicted label indices for raw texts."""
+    enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
+    return predict_encoded(model, enc, batch_size).argmax(-1)
+
+
+def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | None = None,
+             batch_size: int | None = None, progress: bool = True) -> dict:
+    """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`."""
+    config = run.config
+    task = get_task(config.task)
+    data_dir = data_dir if data_dir is not None else config.data_dir
+    split = split or task.eval_split
+    codes = resolve_languages(languages, task.languages(data_dir))
+    frames, tokens, labels, owners = {}, [], [], []
+    tokenizer = run.model.backbone.tokenizer
+    for code in codes:
+        frame = task.load(split, code, data_dir)
+        frames[code] = frame
+        pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+        enc = encode_texts(tokenizer, frame["text"].tolist(), frame["label"].tolist(), config.max_length, pairs)
+        tokens += enc.token_ids
+        labels += enc.labels
+        owners += [code] * len(enc)
+    started = time.perf_counter()
+    logits = predict_encoded(run.model, Encoded(tokens, labels), batch_size or config.eval_batch_size,
+                             progress=progress, description=f"evaluating {len(codes)} languages")
+    seconds = time.perf_counter() - started
+    predictions = logits.argmax(-1)
+    owners_arr, labels_arr = np.array(owners), np.array(labels)
+    per_language = {}
+    for code in codes:
+        sel = owners_arr == code
+        per_language[code] = task.metrics(labels_arr[sel], predictions[sel])
+    return {
+        "task": task.name,
+        "split": split,
+        "run": str(run.path) if run.path else None,
+        "model": config.model,
+        "train_language": config.train_language or task.train_language,
+        "languages": per_language,
+        "mean": mean_metrics(per_language, task.metric_names),
+        "seconds": seconds,
+        "sentences_per_second": len(labels) / seconds if seconds else None,
+    }
+
+
+def mean_metrics(per_language: dict, names) -> dict:
+    out = {}
+    for name in names:
+        vals = [m[name] for m in per_language.values() if not math.isnan(m[name])]
+        out[name] = float(np.mean(vals)) if vals else float("nan")
+    out["languages"] = len(per_language)
+    return out
+
+
+def results_frame(results: dict):
+    import pandas as pd
+
+    from .data.languages import language_info
+
+    rows = []
+    for code, m in results["languages"].items():
+        try:
+            name = language_info(code).name
+        except Exception:  # codes outside SIB-200's list (own data) have no metadata
+            name = ""
+        rows.append({"language": code, "name": name, **m})
+    return pd.DataFrame(rows)
+
+
+def write_results(results: dict, out_json: str | Path, csv: bool = True) -> None:
+    out_json = Path(out_json)
+    io.write_json(out_json, results)
+    if csv:
+        with io.atomic_path(out_json.with_suffix(".csv")) as tmp:
+            results_frame(results).to_csv(tmp, index=False)
+
+
+def results_table(results: dict, sort_by: str = "accuracy", title: str | None = None):
+    """A rich table, sorted descending by `sort_by` (or by language code), with the mean at the bottom."""
+    from rich.table import Table
+
+    frame = results_frame(results)
+    if sort_by == "language":
+        frame = frame.sort_values("language")
+    else:
+        frame = frame.sort_values(sort_by, ascending=False)
+    metric_cols = [c for c in frame.columns if c not in ("language", "name", "n")]
+    table = Table(title=title or f"{results['task']} · {results['split']} · {len(frame)} languages")
+    table.add_column("language")
+    table.add_column("name")
+    for c in metric_cols:
+        table.add_column(c, justify="right")
+    table.add_column("n", justify="right")
+    for _, row in frame.iterrows():
+        table.add_row(row["language"], row["name"], *[f"{row[c]:.3f}" for c in metric_cols], str(row["n"]))
+    mean = results["mean"]
+    table.add_section()
+    table.add_row("mean", f"{mean['languages']} languages",
+                  *[f"{mean.get(c, float('nan')):.3f}" for c in metric_cols], str(int(frame["n"].sum())))
+    return table

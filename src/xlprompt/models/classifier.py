@@ -1,0 +1,64 @@
+"""Backbone + prompt method + head, composed through their narrow contracts."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..collate import Batch, Collator
+from ..errors import XlpromptError
+from ..prompts import build_prompt_method
+from .backbone import Backbone
+from .heads import PooledLinearHead, VerbalizerHead, verbalizer_token_ids
+
+
+class PromptedClassifier(nn.Module):
+    def __init__(self, backbone: Backbone, method: nn.Module | None, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.head = head
+
+    @property
+    def num_slots(self) -> int:
+        return getattr(self.method, "num_slots", 0) if self.method is not None else 0
+
+    def collator(self) -> Collator:
+        tok = self.backbone.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        return Collator(self.backbone.kind, self.num_slots, pad_id=pad, eos_id=tok.eos_token_id)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        embeds = self.backbone.embed(batch.input_ids)
+        mask, past = batch.attention_mask, None
+        if self.method is not None:
+            prompted = self.method(embeds, batch.attention_mask, batch.prompt_mask)
+            embeds, mask, past = prompted.embeds, prompted.attention_mask, prompted.past_key_values
+        hidden = self.backbone(embeds, mask, past_key_values=past)
+        return self.head(hidden, batch.label_positions, mask)
+
+    def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The small parts a run folder stores (the backbone is stored only when it was trained)."""
+        out = {"head": {k: v for k, v in self.head.state_dict().items()}}
+        if self.method is not None:
+            out["prompt"] = {k: v for k, v in self.method.state_dict().items()}
+        return out
+
+
+def build_classifier(config, task, backbone: Backbone | None = None) -> PromptedClassifier:
+    """Assemble the model a config describes; deterministic in `config.seed`."""
+    backbone = backbone or Backbone.load(config.model)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    method = build_prompt_method(config.method, backbone, generator)
+    if backbone.kind == "decoder":
+        words = config.label_words or task.label_words.get(backbone.model.config.model_type) \
+            or task.label_words.get("xglm")
+        if not words:
+            raise XlpromptError(f"Task {task.name} has no label words for a decoder: pass --label-words.")
+        if len(words) != task.num_labels:
+            raise XlpromptError(f"{len(words)} label words given for {task.num_labels} labels "
+                                f"({', '.join(task.label_names)}).")
+        head = VerbalizerHead(backbone, verbalizer_token_ids(backbone.tokenizer, list(words)))
+    else:
+        head = PooledLinearHead(backbone.hidden_size, task.num_labels, config.pooling)
+    return PromptedClassifier(backbone, method, head)

@@ -1,0 +1,66 @@
+"""Heads turn hidden states into class logits. A head sees hidden states and positions, never the prompt."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import XlpromptError
+
+
+def verbalizer_token_ids(tokenizer, words: list[str]) -> list[int]:
+    """First token of each label word as it appears after a space; errors if two words share it."""
+    ids = []
+    for word in words:
+        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if not pieces:
+            raise XlpromptError(f"Label word {word!r} tokenizes to nothing: choose another word.")
+        # sentencepiece may emit a bare "▁" before the word: the word's own first piece is the label token
+        while len(pieces) > 1 and not tokenizer.decode(pieces[:1]).strip():
+            pieces = pieces[1:]
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        clash = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+        raise XlpromptError(f"Label words {clash} start with the same token: choose words that differ "
+                            "in their first token (--label-words).")
+    return ids
+
+
+class VerbalizerHead(nn.Module):
+    """Decoder head: the LM head at the label position, over the verbalizer rows only.
+
+    Logits are batch x labels, never batch x length x vocabulary: this is the fast path.
+    """
+
+    def __init__(self, backbone, token_ids: list[int]):
+        super().__init__()
+        self.backbone = [backbone]  # a list so the backbone's weights are not registered twice
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+
+    def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        h = hidden[rows, label_positions]
+        weight, bias = self.backbone[0].output_rows(self.token_ids)
+        logits = h @ weight.T
+        return logits + bias if bias is not None else logits
+
+
+class PooledLinearHead(nn.Module):
+    """Encoder head: a linear layer over the mean of real positions (e5's pooling) or the first token."""
+
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean"):
+        super().__init__()
+        if pooling not in ("mean", "first"):
+            raise XlpromptError(f"Unknown pooling {pooling!r}: use 'mean' or 'first'.")
+        self.pooling = pooling
+        self.linear = nn.Linear(hidden_size, num_labels)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "first":
+            return hidden[:, 0]
+        mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pool(hidden, attention_mask))

@@ -1,0 +1,55 @@
+"""`xlprompt quickstart`: the whole study in one command on the offline default model."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import io
+
+
+def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[str]:
+    langs = results["languages"]
+    ranked = sorted(langs.items(), key=lambda kv: -kv[1]["accuracy"])
+    others = [m["accuracy"] for c, m in langs.items() if c != source]
+    lines = []
+    if source in langs:
+        lines.append(f"{source} (training language) accuracy: {langs[source]['accuracy']:.3f}")
+    lines.append(f"mean accuracy over {len(langs)} languages: {results['mean']['accuracy']:.3f} "
+                 f"(macro-F1 {results['mean']['macro_f1']:.3f})")
+    if others:
+        lines.append(f"mean zero-shot accuracy over {len(others)} other languages: {sum(others) / len(others):.3f}")
+    lines.append("best: " + ", ".join(f"{c} {m['accuracy']:.3f}" for c, m in ranked[:k]))
+    lines.append("worst: " + ", ".join(f"{c} {m['accuracy']:.3f}" for c, m in ranked[-k:]))
+    return lines
+
+
+def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 5,
+                   seed: int = 0, langs: str = "all", console=None, progress: bool = True) -> dict:
+    from .config import TrainConfig
+    from .evaluate import evaluate, results_table, write_results
+    from .prompts.config import InputPromptConfig
+    from .train import fit
+
+    started = time.perf_counter()
+    say = console.print if console else print
+    config = TrainConfig(method=InputPromptConfig(length=prompt_length), shots=shots, epochs=epochs, seed=seed)
+    say(f"[bold]xlprompt quickstart[/]: soft prompt (L={prompt_length}) on English SIB-200 "
+        f"({'all' if shots is None else shots} samples per class, {epochs} epochs), model "
+        f"{config.model} frozen; then zero-shot on {langs} languages.")
+    run = fit(config, progress=progress)
+    run_dir = run.save(Path(out) / "run")
+    results = evaluate(run, langs, progress=progress)
+    results["wall_seconds"] = time.perf_counter() - started
+    write_results(results, Path(out) / "results.json")
+    if console:
+        console.print(results_table(results))
+    lines = summary_lines(results)
+    lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
+                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s)")
+    report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
+              "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
+    io.write_text(Path(out) / "report.md", "\n".join(report))
+    for line in lines:
+        say(line)
+    say(f"wrote {Path(out) / 'report.md'}, {Path(out) / 'results.json'}, {Path(out) / 'results.csv'}")
+    return results

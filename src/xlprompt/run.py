@@ -1,0 +1,108 @@
+"""A trained run and its folder: prompt/head as safetensors, config/curve/metadata as JSON.
+
+Files are written atomically and `run.json` last, so a folder with `run.json` is complete.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import io
+from .config import TrainConfig
+from .errors import XlpromptError
+
+FILES = {"prompt": "prompt.safetensors", "head": "head.safetensors", "backbone": "backbone.safetensors"}
+
+
+def parameter_counts(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    backbone = model.backbone.num_parameters()
+    return {"trainable": trainable, "total": total, "backbone": backbone,
+            "trainable_share_of_backbone": trainable / backbone}
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    model: object
+    curve: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def evaluate(self, languages="all", **kwargs) -> dict:
+        from .evaluate import evaluate
+
+        return evaluate(self, languages, **kwargs)
+
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64):
+        from .evaluate import predict
+
+        return predict(self.model, texts, self.config.max_length, text_pairs, batch_size)
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        state = self.model.trainable_state()
+        for part, tensors in state.items():
+            if tensors:
+                io.save_tensors(out / FILES[part], tensors)
+        if not self.config.freeze_model:
+            io.save_tensors(out / FILES["backbone"], self.model.backbone.model.state_dict())
+        io.write_json(out / "curve.json", self.curve)
+        io.write_json(out / "config.json", self.config.to_dict())
+        import transformers
+
+        meta = {
+            "format": "xlprompt-run/1",
+            "model_kind": self.model.backbone.kind,
+            "label_names": list(self.model_label_names()),
+            "parameters": parameter_counts(self.model),
+            "info": self.info,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+            "files": sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors"),
+        }
+        io.write_json(out / "run.json", meta)
+        self.path = out
+        return out
+
+    def model_label_names(self):
+        from .tasks import get_task
+
+        return get_task(self.config.task).label_names
+
+    @classmethod
+    def load(cls, run_dir: str | Path, backbone=None) -> "Run":
+        from .models.classifier import build_classifier
+        from .tasks import get_task
+        from .train import load_trainable_state
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "run.json").exists():
+            hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
+            raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
+                                "train one with `xlprompt train --out DIR`.")
+        config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
+        model = build_classifier(config, get_task(config.task), backbone=backbone)
+        state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
+                 if (run_dir / name).exists()}
+        state.setdefault("head", {})
+        load_trainable_state(model, state)
+        model.backbone.requires_grad_(not config.freeze_model)
+        model.eval()
+        meta = io.read_json(run_dir / "run.json")
+        curve = io.read_json(run_dir / "curve.json")
+        return cls(config=config, model=model, curve=curve, info=meta.get("info", {}), path=run_dir)
+
+
+def save(run: Run, out_dir: str | Path) -> Path:
+    return run.save(out_dir)
+
+
+def load(run_dir: str | Path, backbone=None) -> Run:
+    return Run.load(run_dir, backbone=backbone)

@@ -1,0 +1,134 @@
+"""`fit`: one training loop for every method, readable top to bottom."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .collate import encode_texts, length_sorted_batches
+from .config import TrainConfig
+from .data.sampling import few_shot_splits
+from .models.classifier import build_classifier
+from .progress import progress_bar
+from .run import Run
+from .tasks import get_task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode_frame(model, frame, max_length):
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    return encode_texts(model.backbone.tokenizer, frame["text"].tolist(), frame["label"].tolist(),
+                        max_length, pairs)
+
+
+def param_groups(model, config: TrainConfig) -> list[dict]:
+    """Which parameters train, and at which rate: the freezing policy lives here and only here."""
+    model.backbone.requires_grad_(not config.freeze_model)
+    groups = [{"params": list(model.head.parameters()), "lr": config.head_lr or config.lr}]
+    if model.method is not None:
+        groups.append({"params": list(model.method.parameters()), "lr": config.lr})
+    if not config.freeze_model:
+        groups.append({"params": list(model.backbone.parameters()), "lr": config.lr})
+    return [g for g in groups if g["params"] and any(p.requires_grad for p in g["params"])]
+
+
+@torch.inference_mode()
+def dev_scores(model, encoded, collate, batch_size: int) -> tuple[float, float]:
+    """Mean dev loss and accuracy."""
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for rows in length_sorted_batches(encoded.lengths(), batch_size):
+        batch = collate(encoded, rows)
+        logits = model(batch)
+        total += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+        correct += (logits.argmax(-1) == batch.labels).sum().item()
+        n += len(batch)
+    return total / max(n, 1), correct / max(n, 1)
+
+
+def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True, **overrides) -> Run:
+    """Train the method `config` describes; keep the epoch with the best dev loss; return a Run.
+
+    `model` may pass an already loaded PromptedClassifier (tests, sweeps reusing a backbone).
+    """
+    config = config or TrainConfig(**overrides)
+    task = get_task(config.task)
+    language = config.train_language or task.train_language
+    seed_everything(config.seed)
+    train_df = task.load(task.train_split, language, config.data_dir)
+    dev_df = task.load(task.dev_split, language, config.data_dir)
+    train_df, dev_df = few_shot_splits(train_df, dev_df, config.shots, config.seed)
+
+    model = model or build_classifier(config, task)
+    collate = model.collator()
+    train_set = encode_frame(model, train_df, config.max_length)
+    dev_set = encode_frame(model, dev_df, config.max_length)
+
+    optimizer = torch.optim.AdamW(param_groups(model, config), weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(config.warmup * total_steps)
+
+    def lr_scale(step: int) -> float:  # linear warmup, then linear decay to 0 (HF's default schedule)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    order_rng = np.random.default_rng(config.seed)
+    curve, best_loss, best_state, step = [], math.inf, None, 0
+    started = time.perf_counter()
+    with progress_bar(progress) as bar:
+        task_id = bar.add_task("training", total=total_steps, info="")
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            epoch_loss, seen, epoch_start = 0.0, 0, time.perf_counter()
+            order = order_rng.permutation(len(train_set)).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch = collate(train_set, order[start:start + config.batch_size])
+                loss = F.cross_entropy(model(batch), batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                epoch_loss += loss.item() * len(batch)
+                seen += len(batch)
+                rate = seen / (time.perf_counter() - epoch_start)
+                bar.update(task_id, advance=1,
+                           info=f"epoch {epoch}/{config.epochs} loss {loss.item():.3f} {rate:.1f} ex/s")
+            dev_loss, dev_acc = dev_scores(model, dev_set, collate, config.eval_batch_size)
+            elapsed = time.perf_counter() - epoch_start
+            curve.append({"epoch": epoch, "step": step, "train_loss": epoch_loss / max(seen, 1),
+                          "dev_loss": dev_loss, "dev_accuracy": dev_acc,
+                          "seconds": elapsed, "examples_per_second": seen / elapsed})
+            if dev_loss < best_loss:
+                best_loss = dev_loss
+                best_state = copy.deepcopy(model.trainable_state())
+                if not config.freeze_model:
+                    best_state["backbone"] = copy.deepcopy(model.backbone.model.state_dict())
+            bar.update(task_id, info=f"epoch {epoch}/{config.epochs} dev loss {dev_loss:.3f} acc {dev_acc:.3f}")
+    load_trainable_state(model, best_state)
+    model.eval()
+    info = {"best_epoch": min(curve, key=lambda c: c["dev_loss"])["epoch"],
+            "train_examples": len(train_set), "dev_examples": len(dev_set),
+            "train_seconds": time.perf_counter() - started}
+    return Run(config=config, model=model, curve=curve, info=info)
+
+
+def load_trainable_state(model, state: dict) -> None:
+    model.head.load_state_dict(state["head"])
+    if model.method is not None and "prompt" in state:
+        model.method.load_state_dict(state["prompt"])
+    if "backbone" in state:
+        model.backbone.model.load_state_dict(state["backbone"])
