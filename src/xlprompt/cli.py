@@ -49,9 +49,12 @@ def _refuse_existing_run(out: Path, overwrite: bool) -> None:
 def train(
     task: str = typer.Option("sib200", help="Registered task name (`xlprompt tasks`)."),
     model: str = typer.Option("multilingual-e5-small", help="Hub id, local folder, or the offline default."),
-    method: str = typer.Option("prompt", help="prompt (input-level soft prompt)."),
-    prompt_length: int = typer.Option(10, help="Number of soft prompt vectors L."),
-    init: str = typer.Option("random", help="random (uniform ±0.5) or vocab (sampled token embeddings)."),
+    method: str = typer.Option("prompt", help="prompt (input soft prompt) | deep (prefix in every layer) | "
+                               "finetune (whole model + head) | head (head on the frozen model)."),
+    prompt_length: Optional[int] = typer.Option(None, help="Prompt length L (default 10 input, 16 deep)."),
+    init: str = typer.Option("random", help="random (uniform ±0.5) | vocab | text:PHRASE | run:RUN_DIR."),
+    reparam: str = typer.Option("none", help="Input prompt reparameterization: none | mlp | residual."),
+    prefix_projection: bool = typer.Option(False, help="Deep prompt: Linear-Tanh-Linear prefix projection."),
     shots: Optional[int] = typer.Option(None, help="Samples per class from train (omit for all); dev gets ⌈n/4⌉."),
     seed: int = typer.Option(0),
     epochs: int = typer.Option(5),
@@ -59,9 +62,11 @@ def train(
     lr: float = typer.Option(5e-3, help="Prompt learning rate."),
     head_lr: Optional[float] = typer.Option(None, help="Head learning rate (default: --lr)."),
     max_length: int = typer.Option(128, help="Max tokens of the text, before prompt slots."),
-    freeze: bool = typer.Option(True, "--freeze/--no-freeze", help="Keep the model frozen (default)."),
+    freeze: Optional[bool] = typer.Option(None, "--freeze/--no-freeze",
+                                          help="Keep the model frozen (default for all but finetune)."),
+    model_lr: float = typer.Option(2e-5, help="Backbone learning rate when it trains (--no-freeze, finetune)."),
     train_lang: Optional[str] = typer.Option(None, help="Training language (default: the task's, English)."),
-    pooling: str = typer.Option("mean", help="Encoder pooling: mean or first."),
+    pooling: str = typer.Option("mean", help="Encoder pooling: mean or first (label: decoder hidden state at the label position)."),
     label_words: Optional[str] = typer.Option(None, help="Comma-separated verbalizer words (decoders)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
     out: Path = typer.Option(..., help="Run folder to write."),
@@ -70,14 +75,14 @@ def train(
 ):
     """Train a prompt (and head) on one language; write the run folder."""
     from .config import TrainConfig
-    from .prompts.config import InputPromptConfig
+    from .prompts.config import method_config
     from .train import fit
 
-    if method != "prompt":
-        raise XlpromptError(f"Unknown --method {method!r}: available: prompt.")
     _refuse_existing_run(out, overwrite)
+    method_cfg = method_config(method, length=prompt_length, init=init, reparam=reparam,
+                               projection=prefix_projection)
     config = TrainConfig(
-        task=task, model=model, method=InputPromptConfig(length=prompt_length, init=init), shots=shots,
+        task=task, model=model, method=method_cfg, shots=shots, model_lr=model_lr,
         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
         freeze_model=freeze, train_language=train_lang, pooling=pooling,
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,

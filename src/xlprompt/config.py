@@ -24,7 +24,8 @@ class TrainConfig:
     warmup: float = 0.1
     max_length: int = 128
     weight_decay: float = 0.0
-    freeze_model: bool = True
+    freeze_model: bool | None = None   # None: the method's default (frozen except for finetune)
+    model_lr: float = 2e-5             # backbone learning rate when it trains (no MF, finetune)
     pooling: str = "mean"              # encoder head: mean over real positions (e5) or first token
     label_words: list[str] | None = None  # decoder verbalizer; None: the task's words for the model family
     data_dir: str | None = None
@@ -33,6 +34,11 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.method, dict):
             self.method = method_from_dict(self.method)
+        if self.freeze_model is None:
+            self.freeze_model = not self.method.trains_backbone
+        if self.method.trains_backbone and self.freeze_model:
+            raise XlpromptError("Fine-tuning trains the model: drop --freeze (or use --method head for a "
+                                "frozen model with a trained head).")
         if self.shots is not None and self.shots < 1:
             raise XlpromptError(f"--shots must be >= 1 (or omitted for all), got {self.shots}.")
         if self.epochs < 1:

@@ -38,7 +38,7 @@ def param_groups(model, config: TrainConfig) -> list[dict]:
     if model.method is not None:
         groups.append({"params": list(model.method.parameters()), "lr": config.lr})
     if not config.freeze_model:
-        groups.append({"params": list(model.backbone.parameters()), "lr": config.lr})
+        groups.append({"params": list(model.backbone.parameters()), "lr": config.model_lr})
     return [g for g in groups if g["params"] and any(p.requires_grad for p in g["params"])]
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..collate import Batch, Collator
 from ..errors import XlpromptError
-from ..prompts import build_prompt_method
+from ..prompts import HeadOnlyConfig, build_prompt_method
 from .backbone import Backbone
 from .heads import PooledLinearHead, VerbalizerHead, verbalizer_token_ids
 
@@ -50,7 +50,10 @@ def build_classifier(config, task, backbone: Backbone | None = None) -> Prompted
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     method = build_prompt_method(config.method, backbone, generator)
-    if backbone.kind == "decoder":
+    if backbone.kind == "decoder" and isinstance(config.method, HeadOnlyConfig):
+        # a linear probe on the frozen decoder's hidden state at the last text token
+        head = PooledLinearHead(backbone.hidden_size, task.num_labels, "label")
+    elif backbone.kind == "decoder":
         words = config.label_words or task.label_words.get(backbone.model.config.model_type) \
             or task.label_words.get("xglm")
         if not words:

@@ -46,21 +46,25 @@ class VerbalizerHead(nn.Module):
 
 
 class PooledLinearHead(nn.Module):
-    """Encoder head: a linear layer over the mean of real positions (e5's pooling) or the first token."""
+    """A linear layer over a pooled vector: the mean of real positions (e5's pooling), the first token
+    (encoders), or the label position (a linear probe on a decoder's last text token)."""
 
     def __init__(self, hidden_size: int, num_labels: int, pooling: str = "mean"):
         super().__init__()
-        if pooling not in ("mean", "first"):
-            raise XlpromptError(f"Unknown pooling {pooling!r}: use 'mean' or 'first'.")
+        if pooling not in ("mean", "first", "label"):
+            raise XlpromptError(f"Unknown pooling {pooling!r}: use 'mean', 'first' or 'label'.")
         self.pooling = pooling
         self.linear = nn.Linear(hidden_size, num_labels)
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+             label_positions: torch.Tensor) -> torch.Tensor:
         if self.pooling == "first":
             return hidden[:, 0]
+        if self.pooling == "label":
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), label_positions]
         mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.pool(hidden, attention_mask))
+        return self.linear(self.pool(hidden, attention_mask, label_positions))

@@ -1,6 +1,8 @@
-"""One small config dataclass per prompt method: the method space is data, not flags.
+"""One small config dataclass per method: the method space is data, not flags.
 
-`method_from_dict` / `asdict` round-trip a config through JSON (the `type` key names the class).
+`method_from_dict` / `dataclasses.asdict` round-trip a config through JSON (the `type` key names the class).
+A method says whether it needs a prompt module and whether it trains the backbone by default; the
+training loop reads those two facts and never branches on the method itself.
 """
 from __future__ import annotations
 
@@ -9,7 +11,13 @@ from dataclasses import dataclass, field
 
 from ..errors import XlpromptError
 
-INITS = ("random", "vocab")
+REPARAMS = ("none", "mlp", "residual")
+
+
+def _check_init(init: str) -> None:
+    if init in ("random", "vocab") or init.startswith("text:") or init.startswith("run:"):
+        return
+    raise XlpromptError(f"Unknown prompt init {init!r}: use random, vocab, text:PHRASE or run:RUN_DIR.")
 
 
 @dataclass
@@ -18,21 +26,73 @@ class InputPromptConfig:
 
     Placement is decided by the model kind (PRODUCT.md): decoders read `text P </s>` and predict the label
     word at the last prompt slot; encoders read `<s> P text </s>`.
+    init: random = uniform(-init_range, init_range); vocab = embeddings of random vocabulary tokens;
+    text:PHRASE = the phrase's token embeddings repeated/cut to L; run:DIR = the prompt of a saved run.
+    reparam: none; mlp = Linear(d,h)-ReLU-Linear(h,d)-LayerNorm (Philippy et al.); residual = x + mlp(x).
     """
 
     length: int = 10
-    init: str = "random"  # random: uniform(-init_range, init_range); vocab: sampled vocabulary embeddings
+    init: str = "random"
     init_range: float = 0.5
+    reparam: str = "none"
+    reparam_hidden: int | None = None  # None: the model's hidden size
     type: str = field(default="input_prompt", init=False)
+    needs_prompt = True
+    trains_backbone = False
 
     def __post_init__(self):
         if self.length < 1:
             raise XlpromptError(f"Prompt length must be >= 1, got {self.length}.")
-        if self.init not in INITS:
-            raise XlpromptError(f"Unknown prompt init {self.init!r}: choose one of {', '.join(INITS)}.")
+        _check_init(self.init)
+        if self.reparam not in REPARAMS:
+            raise XlpromptError(f"Unknown reparameterization {self.reparam!r}: use one of {', '.join(REPARAMS)}.")
 
 
-METHOD_CONFIGS = {"input_prompt": InputPromptConfig}
+@dataclass
+class DeepPromptConfig:
+    """P-tuning v2 / Tu et al.: a trainable prefix of L keys and values in every attention layer.
+
+    projection: reparameterize the prefix through Linear(d, projection_hidden)-Tanh-Linear(., 2*layers*d).
+    """
+
+    length: int = 16
+    projection: bool = False
+    projection_hidden: int = 512
+    init: str = "random"
+    init_range: float = 0.5
+    type: str = field(default="deep_prompt", init=False)
+    needs_prompt = True
+    trains_backbone = False
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise XlpromptError(f"Prompt length must be >= 1, got {self.length}.")
+        if self.init not in ("random",) and not self.init.startswith("run:"):
+            raise XlpromptError(f"Deep prompts support init random or run:RUN_DIR, got {self.init!r}.")
+
+
+@dataclass
+class FinetuneConfig:
+    """Full fine-tuning of the model and a task head, no prompt (Tu et al.'s baseline)."""
+
+    type: str = field(default="finetune", init=False)
+    needs_prompt = False
+    trains_backbone = True
+
+
+@dataclass
+class HeadOnlyConfig:
+    """A head on the frozen model (linear probe for encoders; label-word scoring for decoders)."""
+
+    type: str = field(default="head", init=False)
+    needs_prompt = False
+    trains_backbone = False
+
+
+METHOD_CONFIGS = {"input_prompt": InputPromptConfig, "deep_prompt": DeepPromptConfig,
+                  "finetune": FinetuneConfig, "head": HeadOnlyConfig}
+# what users type on the command line
+METHOD_ALIASES = {"prompt": "input_prompt", "deep": "deep_prompt", "finetune": "finetune", "head": "head"}
 
 
 def method_from_dict(d: dict):
@@ -42,4 +102,17 @@ def method_from_dict(d: dict):
         raise XlpromptError(f"Unknown method type {kind!r} in config: known {sorted(METHOD_CONFIGS)}.")
     cls = METHOD_CONFIGS[kind]
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return cls(**{k: v for k, v in d.items() if k in names})
+    unknown = set(d) - names
+    if unknown:
+        raise XlpromptError(f"Unknown options {sorted(unknown)} for method {kind}; known: {sorted(names)}.")
+    return cls(**d)
+
+
+def method_config(name: str, **options):
+    """Build a method config from its command-line name (prompt, deep, finetune, head)."""
+    kind = METHOD_ALIASES.get(name, name)
+    if kind not in METHOD_CONFIGS:
+        raise XlpromptError(f"Unknown method {name!r}: choose one of {', '.join(METHOD_ALIASES)}.")
+    cls = METHOD_CONFIGS[kind]
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in options.items() if k in names and v is not None})

@@ -53,3 +53,12 @@ class InputPrompt(nn.Module):
         embeds = embeds.clone()
         embeds[prompt_mask] = prompt.repeat(batch, 1)
         return PromptedInputs(embeds, attention_mask)
+
+
+def build_input_prompt(config: InputPromptConfig, backbone, generator: torch.Generator) -> InputPrompt:
+    module = InputPrompt(config, backbone.hidden_size)
+    with torch.no_grad():
+        module.embedding.uniform_(-config.init_range, config.init_range, generator=generator)
+    if config.init == "vocab":
+        module.init_from_vocab(backbone.input_embeddings, generator)
+    return module
