@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import XlpromptError
 
@@ -26,7 +27,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except XlpromptError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(2)
     return wrapper
 

@@ -1,0 +1,114 @@
+"""The CLI contract other tools script against, and one clear error (exit 2, nothing written) per mistake."""
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from xlprompt.cli import app
+
+runner = CliRunner()
+
+
+def flat(res) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(res.output.split())
+
+
+def train_args(model_dir, out, *extra):
+    return ["train", "--task", "toy", "--model", str(model_dir), "--prompt-length", "2", "--epochs", "1",
+            "--lr", "0.05", "--out", str(out), *extra]
+
+
+def test_train_then_evaluate_writes_the_json_contract(tiny_model_dir, toy_task, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, train_args(tiny_model_dir("xlm-roberta"), out))
+    assert res.exit_code == 0, res.output
+    assert {"config.json", "curve.json", "run.json", "prompt.safetensors", "head.safetensors"} <= \
+        {p.name for p in out.iterdir()}
+    res = runner.invoke(app, ["evaluate", str(out), "--langs", "all", "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results["languages"]) == {"eng_Latn", "deu_Latn"}
+    for metrics in results["languages"].values():
+        assert set(metrics) >= {"accuracy", "macro_f1", "n"}
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 40
+    assert (tmp_path / "r.csv").exists()
+    assert "mean" in flat(res)
+
+
+def test_existing_run_is_not_overwritten(tiny_model_dir, toy_task, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, train_args(tiny_model_dir("bert"), out)).exit_code == 0
+    res = runner.invoke(app, train_args(tiny_model_dir("bert"), out))
+    assert res.exit_code == 2 and "--overwrite" in flat(res)
+
+
+def test_unknown_language_is_one_clear_error(tiny_model_dir, toy_task, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, train_args(tiny_model_dir("bert"), out)).exit_code == 0
+    res = runner.invoke(app, ["evaluate", str(out), "--langs", "eng_Latn,deu_Latx", "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 2
+    assert "deu_Latx" in flat(res) and "deu_Latn" in flat(res)  # names the bad code, suggests the near one
+    assert "Traceback" not in flat(res)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_data_dir(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nope"), "--out", str(out)])
+    assert res.exit_code == 2 and "does not exist" in flat(res)
+    assert not out.exists()
+
+
+def _sib_folder(root, header="index_id\tcategory\ttext", rows=("1\tsports\tA match.",)):
+    for split in ("train", "dev", "test"):
+        d = root / "eng_Latn"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("header,rows,expected", [
+    ("index_id\ttopic\ttext", ("1\tsports\tA match.",), "category"),   # wrong column
+    ("", (), "empty"),                                                  # empty file
+    ("index_id\tcategory\ttext", ("1\tcooking\tA recipe.",), "cooking"),  # unknown label
+])
+def test_bad_data_folder_is_one_clear_error(tmp_path, header, rows, expected):
+    data = _sib_folder(tmp_path / "data", header, rows)
+    if not header:
+        (data / "eng_Latn" / "train.tsv").write_text("", encoding="utf-8")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--data-dir", str(data), "--out", str(out), "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    assert expected in flat(res).lower() or expected in flat(res)
+    assert "train.tsv" in flat(res)
+    assert not (out / "run.json").exists()
+
+
+def test_uncached_hub_model_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    res = runner.invoke(app, ["train", "--model", "facebook/xglm-564M", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    assert time.perf_counter() - started < 10
+    assert "not in the Hugging Face cache" in flat(res) and "multilingual-e5-small" in flat(res)
+    assert not (tmp_path / "run").exists()
+
+
+def test_uncached_hub_model_fails_fast_without_offline_flag(monkeypatch):
+    """Without HF_HUB_OFFLINE the hub is probed once with a short timeout instead of retrying for 25 s."""
+    from xlprompt.errors import XlpromptError
+    from xlprompt.models import backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(XlpromptError, match="local model folder"):
+        backbone.resolve_model_source("someone/not-cached-model")
+
+
+def test_tasks_and_languages_listing():
+    res = runner.invoke(app, ["tasks"])
+    assert res.exit_code == 0 and "sib200" in flat(res)
+    res = runner.invoke(app, ["languages"])
+    assert res.exit_code == 0 and "swh_Latn" in flat(res) and "Swahili" in flat(res)
