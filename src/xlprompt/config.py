@@ -27,6 +27,7 @@ class TrainConfig:
     freeze_model: bool | None = None   # None: the method's default (frozen except for finetune)
     model_lr: float = 2e-5             # backbone learning rate when it trains (no MF, finetune)
     pooling: str = "mean"              # encoder head: mean over real positions (e5) or first token
+    loss_over: str = "vocabulary"      # decoder verbalizer loss: whole vocabulary (Philippy) or label words
     label_words: list[str] | None = None  # decoder verbalizer; None: the task's words for the model family
     data_dir: str | None = None
     eval_batch_size: int = 64

@@ -28,7 +28,7 @@ def predict_encoded(model, encoded: Encoded, batch_size: int = 64, max_tokens: i
         tid = bar.add_task(description, total=len(encoded), info="")
         for rows in batches:
             batch = collate(encoded, rows)
-            chunks.append((rows, model(batch).float().numpy()))
+            chunks.append((rows, model(batch)[:, :model.num_labels].float().numpy()))
             bar.update(tid, advance=len(rows))
     num_labels = chunks[0][1].shape[1] if chunks else 0
     out = np.zeros((len(encoded), num_labels), dtype=np.float32)

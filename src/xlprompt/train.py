@@ -51,7 +51,7 @@ def dev_scores(model, encoded, collate, batch_size: int) -> tuple[float, float]:
         batch = collate(encoded, rows)
         logits = model(batch)
         total += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == batch.labels).sum().item()
+        correct += (logits[:, :model.num_labels].argmax(-1) == batch.labels).sum().item()
         n += len(batch)
     return total / max(n, 1), correct / max(n, 1)
 

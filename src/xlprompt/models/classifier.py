@@ -12,8 +12,9 @@ from .heads import PooledLinearHead, VerbalizerHead, verbalizer_token_ids
 
 
 class PromptedClassifier(nn.Module):
-    def __init__(self, backbone: Backbone, method: nn.Module | None, head: nn.Module):
+    def __init__(self, backbone: Backbone, method: nn.Module | None, head: nn.Module, num_labels: int):
         super().__init__()
+        self.num_labels = num_labels  # heads may return extra columns for the loss; predictions use these
         self.backbone = backbone
         self.method = method
         self.head = head
@@ -61,7 +62,7 @@ def build_classifier(config, task, backbone: Backbone | None = None) -> Prompted
         if len(words) != task.num_labels:
             raise XlpromptError(f"{len(words)} label words given for {task.num_labels} labels "
                                 f"({', '.join(task.label_names)}).")
-        head = VerbalizerHead(backbone, verbalizer_token_ids(backbone.tokenizer, list(words)))
+        head = VerbalizerHead(backbone, verbalizer_token_ids(backbone.tokenizer, list(words)), config.loss_over)
     else:
         head = PooledLinearHead(backbone.hidden_size, task.num_labels, config.pooling)
-    return PromptedClassifier(backbone, method, head)
+    return PromptedClassifier(backbone, method, head, task.num_labels)

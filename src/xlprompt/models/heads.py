@@ -26,23 +26,36 @@ def verbalizer_token_ids(tokenizer, words: list[str]) -> list[int]:
 
 
 class VerbalizerHead(nn.Module):
-    """Decoder head: the LM head at the label position, over the verbalizer rows only.
+    """Decoder head: the LM head at the label position only, never at every position.
 
-    Logits are batch x labels, never batch x length x vocabulary: this is the fast path.
+    Returns batch x K scores whose first C columns are the label words' logits (prediction = argmax over
+    them). With `loss_over="vocabulary"` (Philippy et al.'s loss: cross-entropy over the whole vocabulary
+    at that one position) a last column holds the log-sum-exp of every other token, so plain
+    cross-entropy over the K = C + 1 columns equals the full-vocabulary loss exactly. With
+    `loss_over="labels"` only the C verbalizer rows of the LM head are computed (K = C). One vocabulary
+    row per example costs under 1 % of the forward pass, so evaluation uses the same path as training.
     """
 
-    def __init__(self, backbone, token_ids: list[int]):
+    def __init__(self, backbone, token_ids: list[int], loss_over: str = "vocabulary"):
         super().__init__()
+        if loss_over not in ("vocabulary", "labels"):
+            raise XlpromptError(f"Unknown loss_over {loss_over!r}: use 'vocabulary' or 'labels'.")
         self.backbone = [backbone]  # a list so the backbone's weights are not registered twice
+        self.loss_over = loss_over
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
 
     def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h = hidden[rows, label_positions]
-        weight, bias = self.backbone[0].output_rows(self.token_ids)
-        logits = h @ weight.T
-        return logits + bias if bias is not None else logits
+        if self.loss_over == "labels":
+            weight, bias = self.backbone[0].output_rows(self.token_ids)
+            logits = h @ weight.T
+            return logits + bias if bias is not None else logits
+        full = self.backbone[0].model.get_output_embeddings()(h)  # batch x vocabulary, one position
+        labels = full[:, self.token_ids]
+        others = full.index_fill(1, self.token_ids, float("-inf")).logsumexp(-1, keepdim=True)
+        return torch.cat([labels, others], dim=-1)
 
 
 class PooledLinearHead(nn.Module):
