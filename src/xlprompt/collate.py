@@ -3,6 +3,8 @@
 Layouts (PRODUCT.md): decoders read `[bos] text P1..PL </s>` and the label is predicted at the last
 position before `</s>`; encoders read `<s> P1..PL text </s>` (or `<s> P text </s></s> pair </s>`).
 Slots are reserved here, so a prompt method only fills them and no label position ever shifts later.
+`prompt_position="start"` puts the slots before every token instead (PEFT prompt tuning's layout); the
+decoder label is then read at the last text token.
 """
 from __future__ import annotations
 
@@ -52,8 +54,10 @@ def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int
 class Collator:
     """Builds padded batches for one model kind and one number of prompt slots."""
 
-    def __init__(self, kind: str, num_slots: int, pad_id: int, eos_id: int | None, slot_id: int | None = None):
+    def __init__(self, kind: str, num_slots: int, pad_id: int, eos_id: int | None, slot_id: int | None = None,
+                 prompt_position: str = "auto"):
         self.kind = kind
+        self.prompt_position = prompt_position
         self.num_slots = num_slots
         self.pad_id = pad_id
         self.eos_id = eos_id
@@ -62,6 +66,16 @@ class Collator:
     def layout(self, ids: list[int]) -> tuple[list[int], list[bool], int]:
         """Return token ids with slots, the slot mask and the label position for one example."""
         slots = [self.slot_id] * self.num_slots
+        if self.prompt_position == "start":  # PEFT's layout: the prompt before every token
+            body = list(ids)
+            if self.kind == "decoder" and self.eos_id is not None and len(body) > 1 and body[-1] == self.eos_id:
+                body = body[:-1]
+            out = slots + body
+            label_pos = len(out) - 1 if self.kind == "decoder" else 0
+            if self.kind == "decoder" and self.eos_id is not None:
+                out = out + [self.eos_id]
+            mask = [True] * self.num_slots + [False] * (len(out) - self.num_slots)
+            return out, mask, label_pos
         if self.kind == "decoder":
             body = list(ids)
             if body and self.eos_id is not None and body[-1] == self.eos_id and len(body) > 1:

@@ -26,7 +26,9 @@ class PromptedClassifier(nn.Module):
     def collator(self) -> Collator:
         tok = self.backbone.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        return Collator(self.backbone.kind, self.num_slots, pad_id=pad, eos_id=tok.eos_token_id)
+        position = getattr(getattr(self.method, "config", None), "position", "auto")
+        return Collator(self.backbone.kind, self.num_slots, pad_id=pad, eos_id=tok.eos_token_id,
+                        prompt_position=position)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         embeds = self.backbone.embed(batch.input_ids)

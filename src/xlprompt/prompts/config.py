@@ -36,6 +36,7 @@ class InputPromptConfig:
     init_range: float = 0.5
     reparam: str = "none"
     reparam_hidden: int | None = None  # None: the model's hidden size
+    position: str = "auto"  # auto: the layouts above; start: before every token, as PEFT prompt tuning
     type: str = field(default="input_prompt", init=False)
     needs_prompt = True
     trains_backbone = False
@@ -46,6 +47,8 @@ class InputPromptConfig:
         _check_init(self.init)
         if self.reparam not in REPARAMS:
             raise XlpromptError(f"Unknown reparameterization {self.reparam!r}: use one of {', '.join(REPARAMS)}.")
+        if self.position not in ("auto", "start"):
+            raise XlpromptError(f"Unknown prompt position {self.position!r}: use 'auto' or 'start'.")
 
 
 @dataclass
