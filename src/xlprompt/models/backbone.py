@@ -6,6 +6,8 @@ can score a handful of label tokens without computing full-vocabulary logits.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import socket
 from pathlib import Path
@@ -141,11 +143,42 @@ class Backbone(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.input_embeddings(input_ids)
 
+    def prefix_cache(self, key_values):
+        """Per-layer prefix (K, V) pairs, each (B, kv_heads, L, head_dim), as the cache object the installed
+        transformers reads (a DynamicCache; the model's config picks its layer types)."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(key_values, config=self.model.config)
+        except TypeError:  # older transformers: no config argument
+            return DynamicCache.from_legacy_cache(tuple(key_values))
+
+    @functools.cached_property
+    def _cache_kwarg(self) -> str:
+        """transformers 5.x names the kwarg `cache` (`past_key_values` is deprecated); 4.x knows only the old name."""
+        params = inspect.signature(self.body.forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+        raise XlpromptError(f"{self.name} ({type(self.body).__name__}) takes no past keys/values, so it cannot "
+                            "take a deep prompt: use --method prompt.")
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 past_key_values=None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = {}
         if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
+            if isinstance(past_key_values, (tuple, list)):  # plain per-layer (K, V) pairs
+                past_key_values = self.prefix_cache(past_key_values)
+            kwargs[self._cache_kwarg] = past_key_values
+            if position_ids is None and self.kind == "encoder":
+                # a prefix is extra keys, not text: encoders keep text positions as without it (BERT would
+                # start at the cache length; decoders do start after the prefix, as HF/PEFT prefix tuning)
+                emb = getattr(self.body, "embeddings", None)
+                if hasattr(emb, "create_position_ids_from_inputs_embeds"):  # RoBERTa/XLM-R: padding_idx + 1
+                    position_ids = emb.create_position_ids_from_inputs_embeds(inputs_embeds, emb.padding_idx)
+                else:
+                    position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+                    position_ids = position_ids.unsqueeze(0).expand(inputs_embeds.shape[0], -1)
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         if self.kind == "decoder":

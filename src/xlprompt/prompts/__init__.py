@@ -10,12 +10,9 @@ from .input_prompt import InputPrompt, PromptedInputs, build_input_prompt
 
 PROMPT_BUILDERS = {InputPromptConfig: build_input_prompt}
 
-try:  # the deep prompt module lives beside this one
-    from .deep_prompt import DeepPrompt, build_deep_prompt
+from .deep_prompt import DeepPrompt, build_deep_prompt
 
-    PROMPT_BUILDERS[DeepPromptConfig] = build_deep_prompt
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
+PROMPT_BUILDERS[DeepPromptConfig] = build_deep_prompt
 
 
 def build_prompt_method(config, backbone, generator: torch.Generator):
