@@ -20,14 +20,17 @@ def make_config(model_dir, **kw):
 
 
 def train_loss(run, frame_split="train"):
+    """The training objective (all of the head's columns) on a split, in eval mode."""
     import torch.nn.functional as F
     from xlprompt.tasks import get_task
 
-    task = get_task("toy")
-    frame = task.load(frame_split, "eng_Latn")
-    enc = encode_texts(run.model.backbone.tokenizer, frame["text"].tolist(), frame["label"].tolist(), 128)
-    logits = torch.tensor(predict_encoded(run.model, enc))
-    return F.cross_entropy(logits, torch.tensor(enc.labels)).item()
+    frame = get_task("toy").load(frame_split, "eng_Latn")
+    model = run.model
+    enc = encode_texts(model.backbone.tokenizer, frame["text"].tolist(), frame["label"].tolist(), 128)
+    model.eval()
+    with torch.no_grad():
+        batch = model.collator()(enc, list(range(len(enc))))
+        return F.cross_entropy(model(batch), batch.labels).item()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
