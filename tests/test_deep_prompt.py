@@ -10,7 +10,6 @@ from xlprompt.prompts import DeepPrompt, DeepPromptConfig
 from xlprompt.train import param_groups
 
 from conftest import DECODERS, FAMILIES, SPECIALS, WORDS, tiny_tokenizer
-from test_training import train_loss
 
 ALL = FAMILIES + ["llama"]  # llama: grouped-query attention (2 K/V heads for 4 query heads), RoPE
 
@@ -67,6 +66,18 @@ def logits(model, texts):
     return torch.tensor(predict_encoded(model, enc))
 
 
+def train_loss(model):
+    """The training objective on the toy train split, in eval mode (as test_training measures it)."""
+    from xlprompt.tasks import get_task
+
+    frame = get_task("toy").load("train", "eng_Latn")
+    enc = encode_texts(model.backbone.tokenizer, frame["text"].tolist(), frame["label"].tolist(), 128)
+    model.eval()
+    with torch.no_grad():
+        batch = model.collator()(enc, list(range(len(enc))))
+        return torch.nn.functional.cross_entropy(model(batch), batch.labels).item()
+
+
 TEXTS = ["alpha w1 w2", "beta w3 w4 w5 w6 w7 w8 w9 w10", "alpha w11"]
 
 
@@ -75,17 +86,11 @@ def test_training_learns_with_frozen_backbone(family, model_dir, toy_task):
     model = classifier(family, model_dir, toy_task)
     assert isinstance(model.method, DeepPrompt) and model.num_slots == 0
     before = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
-
-    class Probe:  # the untrained model through the same evaluation path
-        pass
-
-    probe = Probe()
-    probe.model = model
-    initial = train_loss(probe)
+    initial = train_loss(model)
     run = fit(config(model_dir(family)), model=model, progress=False)
     after = run.model.backbone.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "frozen backbone changed"
-    assert train_loss(run) < initial - 0.05
+    assert train_loss(run.model) < initial - 0.05
     for name, p in run.model.backbone.named_parameters():
         assert not p.requires_grad and p.grad is None, name
 
