@@ -4,6 +4,7 @@ Files are written atomically and `run.json` last, so a folder with `run.json` is
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,16 @@ def parameter_counts(model) -> dict:
     backbone = model.backbone.num_parameters()
     return {"trainable": trainable, "total": total, "backbone": backbone,
             "trainable_share_of_backbone": trainable / backbone}
+
+
+def materialize_method(model) -> bool:
+    """Fold the prompt method's reparameterization into its final tensors, if it has any (any method
+    with a `materialize()`: input and deep prompts). Run folders then hold no reparam network."""
+    materialize = getattr(model.method, "materialize", None)
+    if materialize is None:
+        return False
+    materialize()
+    return True
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Run:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        materialized = materialize_method(self.model)  # logits unchanged; the saved prompt is final
         state = self.model.trainable_state()
         for part, tensors in state.items():
             if tensors:
@@ -63,6 +75,7 @@ class Run:
             "label_names": list(self.model_label_names()),
             "parameters": parameter_counts(self.model),
             "info": self.info,
+            "prompt_materialized": materialized,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},
             "files": sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors"),
@@ -88,14 +101,21 @@ class Run:
             raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
                                 "train one with `xlprompt train --out DIR`.")
         config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
-        model = build_classifier(config, get_task(config.task), backbone=backbone)
+        meta = io.read_json(run_dir / "run.json")
+        # the saved tensors replace the initial prompt, so do not re-run an init that reads other runs
+        # (init=run:DIR would fail once DIR is moved or deleted)
+        shell = config
+        if getattr(config.method, "init", "random").startswith("run:"):
+            shell = dataclasses.replace(config, method=dataclasses.replace(config.method, init="random"))
+        model = build_classifier(shell, get_task(config.task), backbone=backbone)
+        if meta.get("prompt_materialized"):
+            materialize_method(model)  # the fresh module must match the saved, net-free state
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
                  if (run_dir / name).exists()}
         state.setdefault("head", {})
         load_trainable_state(model, state)
         model.backbone.requires_grad_(not config.freeze_model)
         model.eval()
-        meta = io.read_json(run_dir / "run.json")
         curve = io.read_json(run_dir / "curve.json")
         return cls(config=config, model=model, curve=curve, info=meta.get("info", {}), path=run_dir)
 

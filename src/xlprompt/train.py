@@ -15,7 +15,7 @@ from .config import TrainConfig
 from .data.sampling import few_shot_splits
 from .models.classifier import build_classifier
 from .progress import progress_bar
-from .run import Run
+from .run import Run, materialize_method
 from .tasks import get_task
 
 
@@ -119,9 +119,12 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
                     best_state["backbone"] = copy.deepcopy(model.backbone.model.state_dict())
             bar.update(task_id, info=f"epoch {epoch}/{config.epochs} dev loss {dev_loss:.3f} acc {dev_acc:.3f}")
     load_trainable_state(model, best_state)
+    trained_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)  # incl. reparam nets
+    materialize_method(model)  # fold reparameterization away now that the best epoch is back
     model.eval()
     info = {"best_epoch": min(curve, key=lambda c: c["dev_loss"])["epoch"],
             "train_examples": len(train_set), "dev_examples": len(dev_set),
+            "trained_parameters": trained_parameters,
             "train_seconds": time.perf_counter() - started}
     return Run(config=config, model=model, curve=curve, info=info)
 

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from .config import InputPromptConfig
+from .init import initial_prompt
+from .reparam import build_reparam
 
 
 class PromptedInputs:
@@ -22,29 +24,56 @@ class InputPrompt(nn.Module):
     """L vectors written into the input slots the collator reserved (`prompt_mask`).
 
     The collator lays the slots out, so label positions are known before the forward pass and nothing
-    downstream shifts indices.
+    downstream shifts indices. With a reparam net, `embedding` is the net's input and the prompt is
+    `reparam(embedding)`; `materialize()` stores that output in `embedding` and drops the net, after which
+    the state_dict is just the final prompt. A module built with a net also accepts such a materialised
+    state (see `_load_from_state_dict`), so run folders never need the network.
     """
 
-    def __init__(self, config: InputPromptConfig, embed_dim: int):
+    def __init__(self, config: InputPromptConfig, embed_dim: int, initial: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
-        self.embedding = nn.Parameter(torch.empty(config.length, embed_dim))
-        nn.init.uniform_(self.embedding, -config.init_range, config.init_range)
+        if initial is None:
+            initial = torch.empty(config.length, embed_dim).uniform_(-config.init_range, config.init_range,
+                                                                     generator=generator)
+        if tuple(initial.shape) != (config.length, embed_dim):
+            raise ValueError(f"initial prompt has shape {tuple(initial.shape)}, expected "
+                             f"{(config.length, embed_dim)}")
+        self.embedding = nn.Parameter(initial.detach().clone().float())
+        self.reparam = build_reparam(config.reparam, embed_dim, config.reparam_hidden, generator)
 
     @property
     def num_slots(self) -> int:
         return self.config.length
 
-    def init_from_vocab(self, input_embeddings: nn.Module, generator: torch.Generator) -> None:
-        """Copy embeddings of random vocabulary tokens (through the model's own embedding module, so
-        scaled embeddings like XGLM's stay in the space the model reads)."""
-        vocab = input_embeddings.weight.shape[0]
-        ids = torch.randint(0, vocab, (self.config.length,), generator=generator)
-        with torch.no_grad():
-            self.embedding.copy_(input_embeddings(ids))
+    @property
+    def materialized(self) -> bool:
+        """True once a configured reparam net has been folded into `embedding`."""
+        return self.reparam is None and self.config.reparam != "none"
 
     def prompt_embeddings(self) -> torch.Tensor:
-        return self.embedding
+        """The (L, d) prompt the model reads."""
+        return self.embedding if self.reparam is None else self.reparam(self.embedding)
+
+    @torch.no_grad()
+    def materialize(self) -> "InputPrompt":
+        """Replace `embedding` by the reparameterised prompt and drop the net; logits stay bit-identical
+        because the stored tensor is exactly what `prompt_embeddings()` returned. Idempotent."""
+        if self.reparam is not None:
+            final = self.prompt_embeddings().detach().clone()
+            self.embedding = nn.Parameter(final, requires_grad=self.embedding.requires_grad)
+            self.reparam = None
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state with our `embedding` but no `reparam.*` keys is a materialised prompt (what run folders
+        # store): drop the net before loading, so the loader neither expects its weights nor applies it.
+        # Runs before children are visited, so the dropped net is not reported as missing keys.
+        if (self.reparam is not None and prefix + "embedding" in state_dict
+                and not any(k.startswith(prefix + "reparam.") for k in state_dict)):
+            self.reparam = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_mask: torch.Tensor) -> PromptedInputs:
@@ -56,9 +85,7 @@ class InputPrompt(nn.Module):
 
 
 def build_input_prompt(config: InputPromptConfig, backbone, generator: torch.Generator) -> InputPrompt:
-    module = InputPrompt(config, backbone.hidden_size)
-    with torch.no_grad():
-        module.embedding.uniform_(-config.init_range, config.init_range, generator=generator)
-    if config.init == "vocab":
-        module.init_from_vocab(backbone.input_embeddings, generator)
-    return module
+    """Prompt initialised per `config.init` (init.py), then its reparam net, both from `generator`: the
+    raw prompt is the same with and without reparameterization at a given seed."""
+    initial = initial_prompt(config, backbone, generator)
+    return InputPrompt(config, backbone.hidden_size, initial=initial, generator=generator)
