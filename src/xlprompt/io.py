@@ -43,10 +43,22 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def unique_tensors(tensors: dict) -> dict:
+    """Drop later names of tensors that share memory (tied input/output embeddings): safetensors refuses
+    shared tensors, and a model with tied weights restores the others when the first is loaded."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key not in seen:
+            seen.add(key)
+            out[name] = t
+    return out
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unique_tensors(tensors).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .collate import encode_texts, length_sorted_batches
+from .errors import XlpromptError
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
 from .models.classifier import build_classifier
@@ -134,4 +135,15 @@ def load_trainable_state(model, state: dict) -> None:
     if model.method is not None and "prompt" in state:
         model.method.load_state_dict(state["prompt"])
     if "backbone" in state:
-        model.backbone.model.load_state_dict(state["backbone"])
+        load_backbone_state(model.backbone.model, state["backbone"])
+
+
+def load_backbone_state(module, state: dict) -> None:
+    """Load a (possibly de-duplicated) backbone state; only tied copies of loaded tensors may be missing."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    full = module.state_dict()
+    loaded = {full[k].untyped_storage().data_ptr() for k in state}
+    untied = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded]
+    if unexpected or untied:
+        raise XlpromptError(f"Saved model weights do not fit the model: missing {untied[:5]}, "
+                            f"unexpected {list(unexpected)[:5]}.")
