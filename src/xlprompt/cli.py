@@ -175,6 +175,44 @@ def quickstart(
                    langs=langs, console=console)
 
 
+@app.command()
+@friendly
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `xlprompt train`."),
+    fmt: str = typer.Option("peft", "--format", help="Export format: peft (a PEFT adapter folder)."),
+    out: Path = typer.Option(..., help="Adapter folder to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+):
+    """Export a run's prompt as a PEFT adapter; says what PEFT cannot represent."""
+    from .interop import export_peft
+
+    if fmt != "peft":
+        raise XlpromptError(f"Unknown export format {fmt!r}: the only format is peft.")
+    report = export_peft(run_dir, out, overwrite=overwrite)
+    console.print(escape(report.text()), soft_wrap=True, highlight=False)
+
+
+@app.command("import-peft")
+@friendly
+def import_peft_cmd(
+    adapter_dir: Path = typer.Argument(..., help="A PEFT prompt-tuning or prefix-tuning adapter folder."),
+    out: Path = typer.Option(..., help="Run folder to write."),
+    task: Optional[str] = typer.Option(None, help="Task (default: the adapter's xlprompt.json, else sib200)."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's base_model_name_or_path)."),
+    head: Optional[Path] = typer.Option(None, help="Encoders: RUN_DIR or head.safetensors with the trained head."),
+    label_words: Optional[str] = typer.Option(None, help="Comma-separated verbalizer words (decoders)."),
+    pooling: Optional[str] = typer.Option(None, help="Encoder head pooling: mean or first."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+):
+    """Turn a PEFT prompt adapter into a run folder that `xlprompt evaluate` reads."""
+    from .interop import import_peft
+
+    words = [w.strip() for w in label_words.split(",")] if label_words else None
+    report = import_peft(adapter_dir, out, task=task, model=model, head=head, label_words=words,
+                         pooling=pooling, overwrite=overwrite)
+    console.print(escape(report.text()), soft_wrap=True, highlight=False)
+
+
 def main():  # pragma: no cover - console entry point alias
     app()
 
