@@ -92,8 +92,9 @@ def train(
     run = fit(config)
     run.save(out)
     best = run.curve[run.info["best_epoch"] - 1]
-    console.print(f"saved run to [bold]{out}[/] · best epoch {run.info['best_epoch']} · dev accuracy "
-                  f"{best['dev_accuracy']:.3f} · {run.info['train_seconds']:.0f}s")
+    scores = " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best.items() if k.startswith("dev_"))
+    console.print(f"saved run to [bold]{out}[/] · best epoch {run.info['best_epoch']} · {scores} · "
+                  f"{run.info['train_seconds']:.0f}s")
     if evaluate_langs:
         _evaluate_and_show(run, evaluate_langs, out / "results.json", None, "accuracy")
 
@@ -211,6 +212,91 @@ def import_peft_cmd(
     report = import_peft(adapter_dir, out, task=task, model=model, head=head, label_words=words,
                          pooling=pooling, overwrite=overwrite)
     console.print(escape(report.text()), soft_wrap=True, highlight=False)
+
+
+@app.command()
+@friendly
+def sweep(
+    grid: Path = typer.Argument(..., help="Grid file (TOML, or YAML with PyYAML): [fixed] settings and [axes] lists."),
+    store: Path = typer.Option(..., help="Store folder: runs/<run id>/ per run and results.parquet."),
+    backend: str = typer.Option("local", help="local (this machine) or ray (a local Ray, or --address)."),
+    workers: Optional[int] = typer.Option(None, help="Local: worker processes (default 1: this process). "
+                                          "Ray: most tasks in flight (default: cluster CPUs / --num-cpus)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. ray://head:10001 or auto)."),
+    num_cpus: Optional[float] = typer.Option(None, help="Ray: CPUs reserved per run (default 1)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (id, status, settings); run nothing."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs, CI)."),
+):
+    """Run a grid of experiments into a store; rerun to resume (done runs are skipped)."""
+    from .experiments.grid import expand_grid
+    from .experiments.runner import plan, run_sweep
+
+    specs = expand_grid(grid)
+    if dry_run:
+        _show_plan(specs, plan(specs, store))
+        return
+    result = run_sweep(specs, store, backend=backend, workers=workers, address=address,
+                       num_cpus=num_cpus, progress=not no_progress)
+    console.print(f"{result.total} runs · {len(result.done)} done now · {len(result.skipped)} done before · "
+                  f"{len(result.failed)} failed · {result.seconds:.0f}s · store {store / 'results.parquet'} "
+                  f"({len(result.frame)} rows)", highlight=False)
+    for rid, error in result.failed.items():
+        console.print(f"[red]failed[/] {rid}: {escape(error.splitlines()[0] if error else '')} "
+                      f"(see {store / 'runs' / rid / 'failed.json'})", highlight=False)
+    if result.failed:
+        console.print("rerun the same command to retry the failed runs.")
+        raise typer.Exit(1)
+
+
+def _show_plan(specs, states):
+    import json
+
+    from rich.table import Table
+
+    from .experiments.grid import flat_settings, varying_fields
+
+    columns = varying_fields(specs)
+    table = Table(title=f"{len(specs)} runs")
+    for name in ["run id", "status", *columns]:
+        table.add_column(name)
+    for spec in specs:
+        flat = flat_settings(spec)
+        table.add_row(spec.run_id, states[spec.run_id], *[escape(json.dumps(flat.get(c))) for c in columns])
+    console.print(table)
+    fixed = {k: v for k, v in flat_settings(specs[0]).items() if k not in columns} if specs else {}
+    console.print("same for every run: " + escape(json.dumps(fixed)), soft_wrap=True, highlight=False)
+    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "incomplete", "todo")}
+    console.print(" · ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+
+
+@app.command("store")
+@friendly
+def store_cmd(store: Path = typer.Argument(..., help="A sweep's store folder.")):
+    """Rebuild DIR/results.parquet from the run folders and summarise it."""
+    from .experiments.store import rebuild_store, store_summary
+
+    if not (store / "runs").is_dir():
+        raise XlpromptError(f"{store} is not a sweep store (no runs/ folder); run `xlprompt sweep GRID --store {store}`.")
+    frame = rebuild_store(store)
+    summary = store_summary(store)
+    console.print(f"{len(summary['done'])} runs done · {len(summary['failed'])} failed · "
+                  f"{len(summary['incomplete'])} incomplete (crashed, or running now) · {len(frame)} rows in "
+                  f"{store / 'results.parquet'}", highlight=False)
+    for rid, info in summary["failed"].items():
+        console.print(f"[red]failed[/] {rid}: {escape(str(info.get('error', '')).splitlines()[0])}", highlight=False)
+    if len(frame):
+        from rich.table import Table
+
+        keys = ["model", "method", "freeze_model", "prompt_length", "shots"]
+        means = frame.groupby(keys, dropna=False).agg(runs=("run_id", "nunique"), languages=("language", "nunique"),
+                                                      accuracy=("accuracy", "mean"), macro_f1=("macro_f1", "mean"))
+        table = Table(title="mean over languages and seeds")
+        for name in [*keys, "runs", "languages", "accuracy", "macro_f1"]:
+            table.add_column(name)
+        for index, row in means.reset_index().iterrows():
+            table.add_row(*[escape(str(row[k])) for k in keys], str(row["runs"]), str(row["languages"]),
+                          f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}")
+        console.print(table)
 
 
 def main():  # pragma: no cover - console entry point alias

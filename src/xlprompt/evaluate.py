@@ -11,30 +11,49 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
+from .models.heads import head_loss
 from .progress import progress_bar
 from .tasks import get_task
 
 
 @torch.inference_mode()
-def predict_encoded(model, encoded: Encoded, batch_size: int = 64, max_tokens: int = 16384,
-                    progress: bool = False, description: str = "evaluating") -> np.ndarray:
-    """Class logits for every encoded row, in row order."""
+def predict_outputs(model, encoded: Encoded, batch_size: int = 64, max_tokens: int = 16384,
+                    progress: bool = False, description: str = "evaluating", with_loss: bool = False):
+    """The model's output for every encoded row, in row order: (labels,) for sentence classification,
+    (tokens, labels) for tagging, (2, tokens) for spans; padding beyond the row's tokens is cut.
+    With `with_loss`, also the mean training loss over all targets: (outputs, loss)."""
     model.eval()
     collate = model.collator()
     lengths = [n + model.num_slots + 1 for n in encoded.lengths()]
-    batches = length_sorted_batches(lengths, batch_size, max_tokens)
-    chunks = []
+    out: list = [None] * len(encoded)
+    loss_sum, targets = 0.0, 0
     with progress_bar(progress) as bar:
         tid = bar.add_task(description, total=len(encoded), info="")
-        for rows in batches:
+        for rows in length_sorted_batches(lengths, batch_size, max_tokens):
             batch = collate(encoded, rows)
-            chunks.append((rows, model(batch)[:, :model.num_labels].float().numpy()))
+            logits = model(batch)
+            if with_loss:
+                loss_sum += head_loss(logits, batch.labels, reduction="sum").item()
+                targets += int((batch.labels != -100).sum())
+            result = logits.float().numpy()
+            for r, row in enumerate(rows):
+                out[row] = trim_output(result[r], len(encoded.token_ids[row]), result.ndim)
             bar.update(tid, advance=len(rows))
-    num_labels = chunks[0][1].shape[1] if chunks else 0
-    out = np.zeros((len(encoded), num_labels), dtype=np.float32)
-    for rows, logits in chunks:
-        out[rows] = logits
-    return out
+    return (out, loss_sum / max(targets, 1)) if with_loss else out
+
+
+def trim_output(row: np.ndarray, n_tokens: int, batch_ndim: int) -> np.ndarray:
+    if batch_ndim == 2:       # (labels,)
+        return row
+    if row.shape[0] == 2:     # spans: (2, tokens)
+        return row[:, :n_tokens]
+    return row[:n_tokens]     # tags: (tokens, labels)
+
+
+def predict_encoded(model, encoded: Encoded, batch_size: int = 64, **kwargs) -> np.ndarray:
+    """Class logits (rows x labels) for sentence classification."""
+    outputs = predict_outputs(model, encoded, batch_size, **kwargs)
+    return np.stack(outputs)[:, :model.num_labels] if outputs else np.zeros((0, model.num_labels), np.float32)
 
 
 def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64) -> np.ndarray:
@@ -45,32 +64,30 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 
 def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | None = None,
              batch_size: int | None = None, progress: bool = True) -> dict:
-    """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`."""
+    """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
+
+    All languages' rows are pooled and length-sorted together, so batches are full and padding small.
+    """
     config = run.config
     task = get_task(config.task)
     data_dir = data_dir if data_dir is not None else config.data_dir
     split = split or task.eval_split
     codes = resolve_languages(languages, task.languages(data_dir))
-    frames, tokens, labels, owners = {}, [], [], []
     tokenizer = run.model.backbone.tokenizer
+    frames, encoded = {}, {}
     for code in codes:
-        frame = task.load(split, code, data_dir)
-        frames[code] = frame
-        pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-        enc = encode_texts(tokenizer, frame["text"].tolist(), frame["label"].tolist(), config.max_length, pairs)
-        tokens += enc.token_ids
-        labels += enc.labels
-        owners += [code] * len(enc)
+        frames[code] = task.load(split, code, data_dir)
+        encoded[code] = task.encode(tokenizer, frames[code], config.max_length)
+    pooled = Encoded.concat([encoded[c] for c in codes])
     started = time.perf_counter()
-    logits = predict_encoded(run.model, Encoded(tokens, labels), batch_size or config.eval_batch_size,
-                             progress=progress, description=f"evaluating {len(codes)} languages")
+    outputs = predict_outputs(run.model, pooled, batch_size or config.eval_batch_size, progress=progress,
+                              description=f"evaluating {len(codes)} languages")
     seconds = time.perf_counter() - started
-    predictions = logits.argmax(-1)
-    owners_arr, labels_arr = np.array(owners), np.array(labels)
-    per_language = {}
+    per_language, start = {}, 0
     for code in codes:
-        sel = owners_arr == code
-        per_language[code] = task.metrics(labels_arr[sel], predictions[sel])
+        n = len(encoded[code])
+        per_language[code] = task.score(frames[code], encoded[code], outputs[start:start + n])
+        start += n
     return {
         "task": task.name,
         "split": split,
@@ -80,7 +97,7 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
         "languages": per_language,
         "mean": mean_metrics(per_language, task.metric_names),
         "seconds": seconds,
-        "sentences_per_second": len(labels) / seconds if seconds else None,
+        "sentences_per_second": len(pooled) / seconds if seconds else None,
     }
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .collate import encode_texts, length_sorted_batches
+from .evaluate import predict_outputs
+from .models.heads import head_loss
 from .errors import XlpromptError
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
@@ -26,12 +27,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def encode_frame(model, frame, max_length):
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    return encode_texts(model.backbone.tokenizer, frame["text"].tolist(), frame["label"].tolist(),
-                        max_length, pairs)
-
-
 def param_groups(model, config: TrainConfig) -> list[dict]:
     """Which parameters train, and at which rate: the freezing policy lives here and only here."""
     model.backbone.requires_grad_(not config.freeze_model)
@@ -43,18 +38,10 @@ def param_groups(model, config: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"] and any(p.requires_grad for p in g["params"])]
 
 
-@torch.inference_mode()
-def dev_scores(model, encoded, collate, batch_size: int) -> tuple[float, float]:
-    """Mean dev loss and accuracy."""
-    model.eval()
-    total, correct, n = 0.0, 0, 0
-    for rows in length_sorted_batches(encoded.lengths(), batch_size):
-        batch = collate(encoded, rows)
-        logits = model(batch)
-        total += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        correct += (logits[:, :model.num_labels].argmax(-1) == batch.labels).sum().item()
-        n += len(batch)
-    return total / max(n, 1), correct / max(n, 1)
+def dev_scores(model, task, frame, encoded, batch_size: int) -> tuple[float, dict]:
+    """Mean dev loss (per target, as in training) and the task's dev metrics, from one pass."""
+    outputs, loss = predict_outputs(model, encoded, batch_size, with_loss=True)
+    return loss, task.score(frame, encoded, outputs)
 
 
 def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True, **overrides) -> Run:
@@ -72,8 +59,9 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
 
     model = model or build_classifier(config, task)
     collate = model.collator()
-    train_set = encode_frame(model, train_df, config.max_length)
-    dev_set = encode_frame(model, dev_df, config.max_length)
+    tokenizer = model.backbone.tokenizer
+    train_set = task.encode(tokenizer, train_df, config.max_length)
+    dev_set = task.encode(tokenizer, dev_df, config.max_length)
 
     optimizer = torch.optim.AdamW(param_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -97,7 +85,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             order = order_rng.permutation(len(train_set)).tolist()
             for start in range(0, len(order), config.batch_size):
                 batch = collate(train_set, order[start:start + config.batch_size])
-                loss = F.cross_entropy(model(batch), batch.labels)
+                loss = head_loss(model(batch), batch.labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -108,17 +96,20 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
                 rate = seen / (time.perf_counter() - epoch_start)
                 bar.update(task_id, advance=1,
                            info=f"epoch {epoch}/{config.epochs} loss {loss.item():.3f} {rate:.1f} ex/s")
-            dev_loss, dev_acc = dev_scores(model, dev_set, collate, config.eval_batch_size)
+            dev_loss, dev_metrics = dev_scores(model, task, dev_df, dev_set, config.eval_batch_size)
+            primary = task.metric_names[0]
             elapsed = time.perf_counter() - epoch_start
             curve.append({"epoch": epoch, "step": step, "train_loss": epoch_loss / max(seen, 1),
-                          "dev_loss": dev_loss, "dev_accuracy": dev_acc,
+                          "dev_loss": dev_loss,
+                          **{f"dev_{k}": v for k, v in dev_metrics.items() if k != "n"},
                           "seconds": elapsed, "examples_per_second": seen / elapsed})
             if dev_loss < best_loss:
                 best_loss = dev_loss
                 best_state = copy.deepcopy(model.trainable_state())
                 if not config.freeze_model:
                     best_state["backbone"] = copy.deepcopy(model.backbone.model.state_dict())
-            bar.update(task_id, info=f"epoch {epoch}/{config.epochs} dev loss {dev_loss:.3f} acc {dev_acc:.3f}")
+            bar.update(task_id, info=f"epoch {epoch}/{config.epochs} dev loss {dev_loss:.3f} "
+                                     f"{primary} {dev_metrics[primary]:.3f}")
     load_trainable_state(model, best_state)
     trained_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)  # incl. reparam nets
     materialize_method(model)  # fold reparameterization away now that the best epoch is back

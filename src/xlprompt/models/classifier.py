@@ -36,8 +36,8 @@ class PromptedClassifier(nn.Module):
         if self.method is not None:
             prompted = self.method(embeds, batch.attention_mask, batch.prompt_mask)
             embeds, mask, past = prompted.embeds, prompted.attention_mask, prompted.past_key_values
-        hidden = self.backbone(embeds, mask, past_key_values=past)
-        return self.head(hidden, batch.label_positions, mask)
+        hidden = self.backbone(embeds, mask, past_key_values=past)  # text (+ slots) positions only
+        return self.head(hidden, batch)
 
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The small parts a run folder stores (the backbone is stored only when it was trained)."""

@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XlpromptError
+
+
+def head_loss(outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for every head: (B, K)/(B,) classes, (B, N, K)/(B, N) tags, (B, 2, N)/(B, 2) spans;
+    targets of -100 are ignored."""
+    return F.cross_entropy(outputs.flatten(0, -2), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
 def verbalizer_token_ids(tokenizer, words: list[str]) -> list[int]:
@@ -44,10 +51,9 @@ class VerbalizerHead(nn.Module):
         self.loss_over = loss_over
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
 
-    def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, batch) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        h = hidden[rows, label_positions]
+        h = hidden[rows, batch.label_positions]
         if self.loss_over == "labels":
             weight, bias = self.backbone[0].output_rows(self.token_ids)
             logits = h @ weight.T
@@ -75,9 +81,38 @@ class PooledLinearHead(nn.Module):
             return hidden[:, 0]
         if self.pooling == "label":
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), label_positions]
-        mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
-    def forward(self, hidden: torch.Tensor, label_positions: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.pool(hidden, attention_mask, label_positions))
+    def forward(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+        return self.linear(self.pool(hidden, batch.attention_mask, batch.label_positions))
+
+
+def gather_tokens(hidden: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states of the original tokens, wherever the layout put them: (B, N, d)."""
+    index = token_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index)
+
+
+class TokenLinearHead(nn.Module):
+    """Per-token classification (POS, NER) in original token order: prompts never shift a tag."""
+
+    def __init__(self, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+        return self.linear(gather_tokens(hidden, batch.token_positions))  # (B, N, labels)
+
+
+class SpanHead(nn.Module):
+    """Extractive QA: start and end scores over original tokens, shaped (B, 2, N) so that cross-entropy
+    against (B, 2) start/end targets is the same call as for every other head."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor, batch) -> torch.Tensor:
+        scores = self.linear(gather_tokens(hidden, batch.token_positions)).transpose(1, 2)
+        return scores.masked_fill(~batch.token_mask.unsqueeze(1), torch.finfo(scores.dtype).min)

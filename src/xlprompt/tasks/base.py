@@ -2,29 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from ..errors import XlpromptError
-
-
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict:
-    from sklearn.metrics import f1_score
-
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    return {
-        "accuracy": float((labels == predictions).mean()) if len(labels) else float("nan"),
-        "macro_f1": float(f1_score(labels, predictions, labels=list(range(num_labels)),
-                                   average="macro", zero_division=0)),
-        "n": int(len(labels)),
-    }
+from .formats import SENTENCE_CLASSIFICATION, classification_metrics  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
 class Task:
-    """`load(split, language, data_dir)` returns a DataFrame with `text` (and `text_pair`) and `label`."""
+    """A registered task: `load(split, language, data_dir)` gives a DataFrame; `format` says how it is
+    encoded, which head reads it, and how outputs become metrics."""
 
     name: str
     label_names: tuple[str, ...]
@@ -34,7 +23,7 @@ class Task:
     train_split: str = "train"
     dev_split: str = "dev"
     eval_split: str = "test"
-    metric_names: tuple[str, ...] = ("accuracy", "macro_f1")
+    format: Any = SENTENCE_CLASSIFICATION
     # label words for verbalizer heads, per model family (PRODUCT.md); xglm's list is the generic default
     label_words: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
@@ -43,8 +32,15 @@ class Task:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def metrics(self, labels, predictions) -> dict:
-        return classification_metrics(labels, predictions, self.num_labels)
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return self.format.metric_names
+
+    def encode(self, tokenizer, frame: pd.DataFrame, max_length: int):
+        return self.format.encode(tokenizer, frame, max_length)
+
+    def score(self, frame: pd.DataFrame, encoded, outputs) -> dict:
+        return self.format.score(self, frame, encoded, outputs)
 
 
 _TASKS: dict[str, Task] = {}
