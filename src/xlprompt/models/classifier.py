@@ -8,7 +8,7 @@ from ..collate import Batch, Collator
 from ..errors import XlpromptError
 from ..prompts import HeadOnlyConfig, build_prompt_method
 from .backbone import Backbone
-from .heads import PooledLinearHead, VerbalizerHead, verbalizer_token_ids
+from .heads import PooledLinearHead, SpanHead, TokenLinearHead, VerbalizerHead, verbalizer_token_ids
 
 
 class PromptedClassifier(nn.Module):
@@ -53,14 +53,19 @@ def build_classifier(config, task, backbone: Backbone | None = None) -> Prompted
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     method = build_prompt_method(config.method, backbone, generator)
-    if backbone.kind == "decoder" and isinstance(config.method, HeadOnlyConfig):
-        # a linear probe on the frozen decoder's hidden state at the last text token
+    head_kind = getattr(task.format, "head", "classification")
+    if head_kind == "tagging":
+        head = TokenLinearHead(backbone.hidden_size, task.num_labels)
+    elif head_kind == "span":
+        head = SpanHead(backbone.hidden_size)
+    elif backbone.kind == "decoder" and (isinstance(config.method, HeadOnlyConfig) or not (
+            config.label_words or task.label_words)):
+        # a linear probe on the decoder's hidden state at the label position: the head-only baseline,
+        # and tasks without label words (pass --label-words to score words instead)
         head = PooledLinearHead(backbone.hidden_size, task.num_labels, "label")
     elif backbone.kind == "decoder":
         words = config.label_words or task.label_words.get(backbone.model.config.model_type) \
             or task.label_words.get("xglm")
-        if not words:
-            raise XlpromptError(f"Task {task.name} has no label words for a decoder: pass --label-words.")
         if len(words) != task.num_labels:
             raise XlpromptError(f"{len(words)} label words given for {task.num_labels} labels "
                                 f"({', '.join(task.label_names)}).")
