@@ -61,7 +61,7 @@ def train(
     epochs: int = typer.Option(5),
     batch_size: int = typer.Option(8),
     lr: float = typer.Option(5e-3, help="Prompt learning rate."),
-    head_lr: Optional[float] = typer.Option(None, help="Head learning rate (default: --lr)."),
+    head_lr: float = typer.Option(5e-2, help="Learning rate of a trained head (linear, per-token, span)."),
     max_length: int = typer.Option(128, help="Max tokens of the text, before prompt slots."),
     freeze: Optional[bool] = typer.Option(None, "--freeze/--no-freeze",
                                           help="Keep the model frozen (default for all but finetune)."),
@@ -164,7 +164,7 @@ def quickstart(
     out: Path = typer.Option(Path("xlprompt-quickstart"), help="Folder for the run and the report."),
     prompt_length: int = typer.Option(10),
     shots: Optional[int] = typer.Option(None, help="Samples per class (default: all 701 sentences)."),
-    epochs: int = typer.Option(5),
+    epochs: int = typer.Option(3),
     seed: int = typer.Option(0),
     langs: str = typer.Option("all"),
 ):

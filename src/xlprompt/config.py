@@ -20,7 +20,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 8
     lr: float = 5e-3                   # prompt learning rate (Philippy et al.)
-    head_lr: float | None = None       # None: same as lr
+    head_lr: float = 5e-2              # a freshly initialised linear head needs more than the prompt's 5e-3
     warmup: float = 0.1
     max_length: int = 128
     weight_decay: float = 0.0

@@ -23,7 +23,7 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
     return lines
 
 
-def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 5,
+def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True) -> dict:
     from .config import TrainConfig
     from .evaluate import evaluate, results_table, write_results

@@ -30,7 +30,7 @@ def seed_everything(seed: int) -> None:
 def param_groups(model, config: TrainConfig) -> list[dict]:
     """Which parameters train, and at which rate: the freezing policy lives here and only here."""
     model.backbone.requires_grad_(not config.freeze_model)
-    groups = [{"params": list(model.head.parameters()), "lr": config.head_lr or config.lr}]
+    groups = [{"params": list(model.head.parameters()), "lr": config.head_lr}]
     if model.method is not None:
         groups.append({"params": list(model.method.parameters()), "lr": config.lr})
     if not config.freeze_model:
