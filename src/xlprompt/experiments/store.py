@@ -1,0 +1,179 @@
+"""The results store: one Parquet table of every done run × language × metric, derived from run folders.
+
+Layout of a store DIR:
+
+    DIR/runs/<run_id>/      run folder (Run.save) + spec.json + results.json, then done.json last
+                            (or failed.json after an error); a folder without done.json is not a result
+    DIR/runs/<run_id>.lock  held while a process works on the run
+    DIR/results.parquet     this table, always rebuildable from the run folders
+
+Columns (a contract the report reads): run_id, task, model, method (input_prompt / deep_prompt / finetune /
+head), prompt_length (nullable int), shots (nullable int; null = all), seed, freeze_model, reparam, init,
+lr, epochs, train_language, language, split, accuracy, macro_f1, n, trainable_parameters,
+backbone_parameters, train_seconds, best_epoch; then a few extras (prefix_projection, batch_size,
+dev_accuracy, finished) and any other metric a task returns, as float columns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import io
+
+RESULTS_FILE = "results.parquet"
+DONE, FAILED, SPEC, RESULTS = "done.json", "failed.json", "spec.json", "results.json"
+
+# name -> pandas dtype; nullable dtypes so an empty store and a full one have the same schema
+COLUMNS = {
+    "run_id": "string", "task": "string", "model": "string", "method": "string",
+    "prompt_length": "Int64", "shots": "Int64", "seed": "Int64", "freeze_model": "boolean",
+    "reparam": "string", "init": "string", "lr": "float64", "epochs": "Int64",
+    "train_language": "string", "language": "string", "split": "string",
+    "accuracy": "float64", "macro_f1": "float64", "n": "Int64",
+    "trainable_parameters": "Int64", "backbone_parameters": "Int64", "train_seconds": "float64",
+    "best_epoch": "Int64",
+    "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
+}
+
+
+def runs_dir(store_dir: str | Path) -> Path:
+    return Path(store_dir) / "runs"
+
+
+def run_dirs(store_dir: str | Path) -> list[Path]:
+    root = runs_dir(store_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def done_run_ids(store_dir: str | Path) -> list[str]:
+    return [p.name for p in run_dirs(store_dir) if (p / DONE).is_file()]
+
+
+def failed_runs(store_dir: str | Path) -> dict[str, dict]:
+    """run id -> failed.json, for runs that failed and have not been redone since."""
+    out = {}
+    for p in run_dirs(store_dir):
+        if (p / FAILED).is_file() and not (p / DONE).is_file():
+            try:
+                out[p.name] = io.read_json(p / FAILED)
+            except (OSError, json.JSONDecodeError):  # written atomically, so only a foreign file breaks
+                out[p.name] = {"error": "unreadable failed.json"}
+    return out
+
+
+def run_rows(run_dir: str | Path) -> list[dict]:
+    """The store rows of one done run (one per evaluated language)."""
+    run_dir = Path(run_dir)
+    done = io.read_json(run_dir / DONE)
+    results = io.read_json(run_dir / RESULTS)
+    meta = io.read_json(run_dir / "run.json")
+    spec = done["spec"]
+    config, method = spec["config"], spec["config"]["method"]
+    info, params = meta.get("info", {}), meta.get("parameters", {})
+    curve = io.read_json(run_dir / "curve.json") if (run_dir / "curve.json").is_file() else []
+    best = info.get("best_epoch")
+    dev_acc = next((c.get("dev_accuracy") for c in curve if c.get("epoch") == best), None)
+    base = {
+        "run_id": done["run_id"], "task": config["task"], "model": config["model"], "method": method["type"],
+        "prompt_length": method.get("length"), "shots": config["shots"], "seed": config["seed"],
+        "freeze_model": config["freeze_model"], "reparam": method.get("reparam"), "init": method.get("init"),
+        "lr": config["lr"], "epochs": config["epochs"],
+        "train_language": results.get("train_language") or config.get("train_language"),
+        "split": results.get("split", spec.get("split")),
+        # what trained, reparameterization nets included (the saved prompt is folded and smaller)
+        "trainable_parameters": info.get("trained_parameters", params.get("trainable")),
+        "backbone_parameters": params.get("backbone"), "train_seconds": info.get("train_seconds"),
+        "best_epoch": best, "prefix_projection": method.get("projection"),
+        "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
+    }
+    return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for name in COLUMNS:
+        if name not in frame:
+            frame[name] = None
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    frame = frame[list(COLUMNS) + sorted(extra)]
+    frame = frame.astype(COLUMNS)
+    for c in extra:  # further metrics a task reports (e.g. exact match): floats
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+    return frame.sort_values(["run_id", "language"], kind="stable").reset_index(drop=True)
+
+
+def _write(store_dir: Path, frame: pd.DataFrame) -> None:
+    with io.atomic_path(store_dir / RESULTS_FILE) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _clean_temp_files(store_dir: Path, older_than: float = 600.0) -> None:
+    """Temp files a killed writer left (another writer's fresh one is left alone)."""
+    now = time.time()
+    for p in store_dir.glob(f".{RESULTS_FILE}.*.tmp"):
+        try:
+            if now - p.stat().st_mtime > older_than:
+                p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def rebuild_store(store_dir: str | Path) -> pd.DataFrame:
+    """Read every done run folder and (re)write DIR/results.parquet atomically."""
+    store_dir = Path(store_dir)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    _clean_temp_files(store_dir)
+    rows = []
+    for run_id in done_run_ids(store_dir):
+        rows += run_rows(runs_dir(store_dir) / run_id)
+    frame = _frame(rows)
+    _write(store_dir, frame)
+    return frame
+
+
+def update_store(store_dir: str | Path, run_ids: list[str]) -> pd.DataFrame:
+    """Add (or replace) the rows of some done runs without rereading the others.
+
+    Two processes updating at once may lose each other's rows; `load_store` notices (it compares run ids,
+    not only times) and rebuilds, and every sweep ends with a full rebuild.
+    """
+    store_dir = Path(store_dir)
+    path = store_dir / RESULTS_FILE
+    if not path.is_file():
+        return rebuild_store(store_dir)
+    old = pd.read_parquet(path)
+    old = old[~old["run_id"].isin(run_ids)]
+    rows = [r for rid in run_ids for r in run_rows(runs_dir(store_dir) / rid)]
+    frame = _frame(old.to_dict("records") + rows)
+    _write(store_dir, frame)
+    return frame
+
+
+def load_store(store_dir: str | Path) -> pd.DataFrame:
+    """The store's table; rebuilt when missing or when it does not match the done run folders."""
+    store_dir = Path(store_dir)
+    path = store_dir / RESULTS_FILE
+    done = done_run_ids(store_dir)
+    if path.is_file():
+        stamp = path.stat().st_mtime
+        fresh = all(os.stat(runs_dir(store_dir) / rid / DONE).st_mtime <= stamp for rid in done)
+        if fresh:
+            frame = pd.read_parquet(path)
+            if set(frame["run_id"].unique()) == set(done):
+                return frame
+    return rebuild_store(store_dir)
+
+
+def store_summary(store_dir: str | Path) -> dict:
+    """Counts of done, failed and incomplete run folders (incomplete: crashed or running now)."""
+    dirs = run_dirs(store_dir)
+    done = [p.name for p in dirs if (p / DONE).is_file()]
+    failed = failed_runs(store_dir)
+    incomplete = [p.name for p in dirs if p.name not in failed and p.name not in done]
+    return {"done": done, "failed": failed, "incomplete": incomplete}

@@ -1,0 +1,341 @@
+"""Sweeps: grid expansion and run ids, the local runner end to end, resume after a real SIGKILL, failed runs,
+the store, and the Ray backend on a local Ray. Tiny random models; SIB-200 (packaged) where a subprocess
+runs, because tasks registered in-process (the toy task) do not exist there."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from xlprompt.cli import app
+from xlprompt.errors import XlpromptError
+from xlprompt.experiments import expand_grid, load_store, rebuild_store, run_sweep
+from xlprompt.experiments.store import COLUMNS, RESULTS_FILE, update_store
+
+RUN_FILES = {"spec.json", "config.json", "curve.json", "run.json", "prompt.safetensors", "head.safetensors",
+             "results.json", "done.json"}
+LANGS = ["deu_Latn", "eng_Latn"]
+
+
+def sib_grid(model_dir, seeds=(0, 1), **extra) -> dict:
+    axes = {"seed": list(seeds), **extra.pop("axes", {})}
+    fixed = {"task": "sib200", "model": str(model_dir), "shots": 2, "epochs": 1, "languages": LANGS,
+             "prompt_length": 2, **extra}
+    return {"fixed": fixed, "axes": axes}
+
+
+def toml_text(grid: dict) -> str:
+    def value(v):
+        return json.dumps(v)  # JSON scalars and lists of strings/numbers are valid TOML
+
+    lines = []
+    for table in ("fixed", "axes"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in grid[table].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---- grid expansion and run ids -------------------------------------------------------------------------
+
+def test_expansion_is_the_product_and_ids_are_stable():
+    grid = {"fixed": {"task": "sib200", "epochs": 1, "languages": ["eng_Latn", "deu_Latn"]},
+            "axes": {"prompt_length": [1, 4], "shots": [8, "all"], "seed": [0, 1]}}
+    specs = expand_grid(grid)
+    assert len(specs) == 8 and len({s.run_id for s in specs}) == 8
+    assert {s.config.shots for s in specs} == {8, None}
+    assert {s.config.method.length for s in specs} == {1, 4}
+    # key order, language order, aliases, ints for floats and explicit defaults do not change the ids
+    reordered = {"axes": {"seed": [0, 1], "shots": [8, "all"], "length": [1, 4]},
+                 "fixed": {"languages": ["deu_Latn", "eng_Latn"], "lr": 0.005, "epochs": 1, "task": "sib200",
+                           "freeze": True, "method": "prompt", "warmup": 0.1, "split": "test"}}
+    assert {s.run_id for s in expand_grid(reordered)} == {s.run_id for s in specs}
+    changed = {**grid, "fixed": {**grid["fixed"], "lr": 0.01}}
+    assert not {s.run_id for s in expand_grid(changed)} & {s.run_id for s in specs}
+    other_langs = {**grid, "fixed": {**grid["fixed"], "languages": ["eng_Latn"]}}
+    assert not {s.run_id for s in expand_grid(other_langs)} & {s.run_id for s in specs}
+
+
+def test_axes_blocks_are_a_union_without_duplicates():
+    grid = {"fixed": {"task": "sib200", "epochs": 1},
+            "axes": [{"method": ["deep"], "prompt_length": [16], "seed": [0, 1]},
+                     {"method": ["finetune", "head"], "seed": [0, 1]},
+                     {"method": ["deep"], "prompt_length": [16, 32], "seed": [0]}]}
+    specs = expand_grid(grid)
+    kinds = sorted((s.config.method.type, getattr(s.config.method, "length", None), s.config.seed) for s in specs)
+    assert kinds == [("deep_prompt", 16, 0), ("deep_prompt", 16, 1), ("deep_prompt", 32, 0),
+                     ("finetune", None, 0), ("finetune", None, 1), ("head", None, 0), ("head", None, 1)]
+    assert all(s.config.freeze_model is False for s in specs if s.config.method.type == "finetune")
+
+
+@pytest.mark.parametrize("grid,message", [
+    ({"fixed": {"promt_length": 3}}, "promt_length"),                       # typo: named, valid keys listed
+    ({"axes": {"seed": []}}, "empty"),
+    ({"axes": {"seed": 3}}, "must be a list"),
+    ({"axes": {"shots": [0]}}, "shots"),
+    ({"axes": {"lr": ["fast"]}}, "lr"),
+    ({"fixed": {"seed": 1}, "axes": {"seed": [1, 2]}}, "both"),
+    ({"fixed": {"method": "finetune", "reparam": "mlp"}}, "reparam"),      # option no method of the grid takes
+    ({"fixed": {"method": "finetune", "freeze": True}}, "method='finetune'.*trains the model"),       # invalid combination
+    ({"fixed": {"languages": ["eng_Latn", "deu_Latx"]}}, "deu_Latx"),       # caught before any training
+    ({"fixed": {}, "grid": {}}, "top-level"),
+])
+def test_bad_grids_are_clear_errors(grid, message):
+    with pytest.raises(XlpromptError, match=message):
+        expand_grid(grid)
+    if message == "promt_length":
+        with pytest.raises(XlpromptError, match="prompt_length"):
+            expand_grid(grid)
+
+
+def test_grid_files_toml_yaml_and_shipped(tmp_path):
+    (tmp_path / "g.toml").write_text('[fixed]\ntask = "sib200"\n[axes]\nseed = [0, 1]\n')
+    (tmp_path / "g.yaml").write_text("fixed:\n  task: sib200\naxes:\n  seed: [0, 1]\n")
+    try:
+        import yaml  # noqa: F401
+        assert [s.run_id for s in expand_grid(tmp_path / "g.toml")] == \
+            [s.run_id for s in expand_grid(tmp_path / "g.yaml")]
+    except ImportError:
+        with pytest.raises(XlpromptError, match="PyYAML"):
+            expand_grid(tmp_path / "g.yaml")
+    with pytest.raises(XlpromptError, match="TOML"):
+        (tmp_path / "bad.toml").write_text("[fixed\n")
+        expand_grid(tmp_path / "bad.toml")
+    grids = sorted((Path(__file__).parents[1] / "grids").glob("*.toml"))
+    assert {g.name for g in grids} >= {"philippy2024_hub.toml", "philippy2024_e5_cpu.toml",
+                                       "tu2022_hub.toml", "tu2022_e5_cpu.toml"}
+    for g in grids:
+        assert expand_grid(g)
+
+
+def test_dry_run_lists_runs_and_writes_nothing(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[fixed]\ntask = "sib200"\nepochs = 1\n[axes]\nprompt_length = [1, 4]\nseed = [0, 1]\n')
+    res = CliRunner().invoke(app, ["sweep", str(grid), "--store", str(tmp_path / "store"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    for spec in expand_grid(grid):
+        assert spec.run_id in res.output
+    assert "4 todo" in res.output and not (tmp_path / "store").exists()
+    res = CliRunner().invoke(app, ["sweep", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# ---- local runner, store, failures ----------------------------------------------------------------------
+
+def assert_complete(store: Path, specs) -> pd.DataFrame:
+    frame = pd.read_parquet(store / RESULTS_FILE)
+    assert set(frame["run_id"]) == {s.run_id for s in specs}
+    assert not frame.duplicated(["run_id", "language"]).any()
+    assert (frame.groupby("run_id")["language"].nunique() == len(LANGS)).all()
+    for s in specs:
+        folder = store / "runs" / s.run_id
+        assert RUN_FILES <= {p.name for p in folder.iterdir()}, folder
+        assert not list(folder.glob("*.tmp")) and not (folder / "failed.json").exists()
+    assert not list((store / "runs").glob("*.lock"))
+    return frame
+
+
+def test_local_sweep_end_to_end_then_resume_skips(tiny_model_dir, tmp_path, monkeypatch):
+    from xlprompt.models.backbone import Backbone
+
+    torch_threads = __import__("torch").get_num_threads()
+    loads = []
+    real_load = Backbone.load.__func__
+    monkeypatch.setattr(Backbone, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    store = tmp_path / "store"
+    specs = expand_grid(sib_grid(tiny_model_dir("xlm-roberta"), axes={"reparam": ["none", "mlp"]}))
+    result = run_sweep(specs, store, progress=False)
+    assert sorted(result.done) == sorted(s.run_id for s in specs) and result.complete
+    assert len(loads) == 1  # four frozen runs of one model share one loaded backbone
+    frame = assert_complete(store, specs)
+    assert list(frame.columns[:len(COLUMNS)]) == list(COLUMNS)
+    assert set(frame["method"]) == {"input_prompt"} and set(frame["reparam"]) == {"none", "mlp"}
+    assert set(frame["language"]) == set(LANGS) and frame["accuracy"].between(0, 1).all()
+    assert frame["shots"].eq(2).all() and frame["prompt_length"].eq(2).all() and frame["freeze_model"].all()
+    assert (frame["trainable_parameters"] > 0).all() and (frame["backbone_parameters"] > 0).all()
+    assert __import__("torch").get_num_threads() == torch_threads  # inline runs leave the caller's threads
+    stamps = {p: p.stat().st_mtime_ns for p in store.glob("runs/*/done.json")}
+    again = run_sweep(specs, store, progress=False)
+    assert again.done == [] and sorted(again.skipped) == sorted(s.run_id for s in specs)
+    assert {p: p.stat().st_mtime_ns for p in store.glob("runs/*/done.json")} == stamps
+    # a run folder without done.json (crash mid-save: a temp file, a run.json) is cleared and redone
+    victim = store / "runs" / specs[1].run_id
+    (victim / "done.json").unlink()
+    (victim / ".head.safetensors.abc123.tmp").write_bytes(b"half")
+    third = run_sweep(specs, store, progress=False)
+    assert third.done == [specs[1].run_id] and len(third.skipped) == len(specs) - 1
+    assert_complete(store, specs)
+
+
+def test_runs_that_train_the_model_never_share_a_backbone(tiny_model_dir, tmp_path, monkeypatch):
+    from xlprompt.models.backbone import Backbone
+
+    loads = []
+    real_load = Backbone.load.__func__
+    monkeypatch.setattr(Backbone, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    specs = expand_grid(sib_grid(tiny_model_dir("bert"), axes={"freeze": [False, True]}))
+    assert run_sweep(specs, tmp_path / "store", progress=False).complete
+    assert len(loads) == 3  # one shared by the two frozen runs, a fresh one for each unfrozen run
+
+
+def test_store_rebuild_equals_incremental_and_load_store_notices_new_runs(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    specs = expand_grid(sib_grid(tiny_model_dir("bert"), seeds=(0, 1, 2)))
+    run_sweep(specs[:2], store, progress=False)
+    (store / RESULTS_FILE).unlink()
+    incremental = None
+    for s in specs[:2]:
+        incremental = update_store(store, [s.run_id])
+    rebuilt = rebuild_store(store)
+    pd.testing.assert_frame_equal(incremental, rebuilt)
+    pd.testing.assert_frame_equal(pd.read_parquet(store / RESULTS_FILE), rebuilt)
+    # a run finished by someone else after the table was written: load_store sees it is missing
+    stale = pd.read_parquet(store / RESULTS_FILE)
+    run_sweep(specs[2:], store, progress=False)
+    stale.to_parquet(store / RESULTS_FILE, index=False)
+    assert set(load_store(store)["run_id"]) == {s.run_id for s in specs}
+
+
+def test_failed_run_is_recorded_others_complete_and_it_is_retried(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    grid = sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0,), axes={"train_language": ["eng_Latn", "xxx_Latn"]})
+    specs = expand_grid(grid)  # the training language is only checked when the run trains
+    bad = next(s for s in specs if s.config.train_language == "xxx_Latn")
+    result = run_sweep(specs, store, progress=False)
+    assert list(result.failed) == [bad.run_id] and "xxx_Latn" in result.failed[bad.run_id]
+    assert len(result.done) == 1 and not result.complete
+    failed = json.loads((store / "runs" / bad.run_id / "failed.json").read_text())
+    assert failed["status"] == "failed" and "xxx_Latn" in failed["error"] and "Traceback" in failed["traceback"]
+    assert not (store / "runs" / bad.run_id / "done.json").exists()
+    assert set(pd.read_parquet(store / RESULTS_FILE)["run_id"]) == {s.run_id for s in specs if s is not bad}
+    res = CliRunner().invoke(app, ["store", str(store)])
+    assert res.exit_code == 0 and bad.run_id in res.output and "1 failed" in res.output
+    again = run_sweep(specs, store, progress=False)  # retried (and fails again), the good run is skipped
+    assert list(again.failed) == [bad.run_id] and len(again.skipped) == 1
+
+
+def test_a_lock_held_by_a_live_process_is_respected_and_a_dead_ones_is_broken(tmp_path):
+    from xlprompt.experiments.lock import RunLock
+
+    path = tmp_path / "r.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid, "start": None}))
+        assert not RunLock(path).acquire()  # alive
+        sleeper.kill()
+        sleeper.wait()
+        lock = RunLock(path)
+        assert lock.acquire()  # its holder is dead: stale, broken, taken
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert not RunLock(path).acquire()  # held by this live process
+        lock.release()
+        assert not path.exists()
+    finally:
+        sleeper.kill()
+
+
+# ---- resume after a real SIGKILL ------------------------------------------------------------------------
+
+def test_resume_after_sigkill(tiny_model_dir, tmp_path):
+    grid_path = tmp_path / "grid.toml"
+    grid = sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0, 1, 2, 3), epochs=2)
+    grid_path.write_text(toml_text(grid))
+    specs = expand_grid(grid_path)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "xlprompt.cli", "sweep", str(grid_path), "--store", str(store), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline, killed_during = time.time() + 120, None
+    try:
+        # kill once a run is done and the next one has started (its folder exists without done.json)
+        while time.time() < deadline and proc.poll() is None:
+            done = {p.parent.name for p in store.glob("runs/*/done.json")}
+            partial = [p for p in store.glob("runs/*") if p.is_dir() and p.name not in done]
+            if done and partial:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_during = {p.name: sorted(f.name for f in p.iterdir()) for p in partial}
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and killed_during is None:
+            proc.kill()
+        output = proc.communicate()[0].decode()
+    assert killed_during is not None, f"the sweep ended or stalled before it could be killed:\n{output}"
+    assert proc.returncode == -signal.SIGKILL
+    before = {p.parent.name: p.stat().st_mtime_ns for p in store.glob("runs/*/done.json")}
+    assert 1 <= len(before) < len(specs)
+    print(f"\nkilled with {len(before)}/{len(specs)} runs done; partial folders: {killed_during}; "
+          f"locks left: {[p.name for p in store.glob('runs/*.lock')]}")
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    frame = assert_complete(store, specs)
+    assert len(frame) == len(specs) * len(LANGS)
+    after = {rid: (store / "runs" / rid / "done.json").stat().st_mtime_ns for rid in before}
+    assert after == before  # runs done before the kill were not redone
+    assert f"{len(before)} done before" in " ".join(rerun.stdout.split())
+    for s in specs:
+        done = json.loads((store / "runs" / s.run_id / "done.json").read_text())
+        assert done["run_id"] == s.run_id and done["spec"] == s.to_dict()
+        results = json.loads((store / "runs" / s.run_id / "results.json").read_text())
+        assert sorted(results["languages"]) == LANGS
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_store_never_run_a_run_twice(tiny_model_dir, tmp_path):
+    grid_path = tmp_path / "grid.toml"
+    grid_path.write_text(toml_text(sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0, 1, 2, 3))))
+    specs = expand_grid(grid_path)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "xlprompt.cli", "sweep", str(grid_path), "--store", str(store), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    now = [int(" ".join(o.split()).split(" done now")[0].split()[-1]) for o in outputs]
+    print(f"\nruns done by each of two concurrent sweeps: {now}")
+    assert sum(now) == len(specs), outputs  # each run trained by exactly one of the two
+    assert_complete(store, specs)
+
+
+# ---- worker processes and Ray ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_local_worker_processes(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    specs = expand_grid(sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0, 1)))
+    result = run_sweep(specs, store, workers=2, progress=False)
+    assert result.complete, result.failed
+    assert_complete(store, specs)
+    threads = {json.loads((store / "runs" / s.run_id / "done.json").read_text())["threads"] for s in specs}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+
+
+def test_local_backend_does_not_import_ray():
+    code = ("import sys; from xlprompt.experiments import runner, grid, store; "
+            "from xlprompt import cli; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ray_backend_on_a_local_ray(tiny_model_dir, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'xlprompt[ray]')")
+    store = tmp_path / "store"
+    specs = expand_grid(sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0, 1)))
+    run_sweep(specs[:1], store, progress=False)  # one done locally first: Ray must skip it (same store)
+    stamp = (store / "runs" / specs[0].run_id / "done.json").stat().st_mtime_ns
+    result = run_sweep(specs, store, backend="ray", num_cpus=1, progress=False)
+    assert result.complete, result.failed
+    assert result.skipped == [specs[0].run_id] and result.done == [specs[1].run_id]
+    assert_complete(store, specs)
+    assert (store / "runs" / specs[0].run_id / "done.json").stat().st_mtime_ns == stamp
+    done = json.loads((store / "runs" / specs[1].run_id / "done.json").read_text())
+    assert done["pid"] != os.getpid()  # ran in a Ray worker
