@@ -40,6 +40,16 @@ def _data_dir(value: Optional[Path]) -> Optional[str]:
     return str(value)
 
 
+def _own_data(value: Optional[Path]) -> Optional[str]:
+    """Own data may be a folder, one file, or hf:DATASET (checked by the loader, which names what is wrong)."""
+    if value is None or str(value).startswith("hf:"):
+        return None if value is None else str(value)
+    if not value.exists():
+        raise XlpromptError(f"--data-dir {value} does not exist; own data is a folder, a .tsv/.csv/.jsonl file "
+                            "or hf:DATASET.")
+    return str(value)
+
+
 def _refuse_existing_run(out: Path, overwrite: bool) -> None:
     if (out / "run.json").exists() and not overwrite:
         raise XlpromptError(f"{out} already holds a run: choose another --out or pass --overwrite.")
@@ -69,7 +79,13 @@ def train(
     train_lang: Optional[str] = typer.Option(None, help="Training language (default: the task's, English)."),
     pooling: str = typer.Option("mean", help="Encoder pooling: mean or first (label: decoder hidden state at the label position)."),
     label_words: Optional[str] = typer.Option(None, help="Comma-separated verbalizer words (decoders)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA); with --text-column your "
+                                            "own data: a folder, a .tsv/.csv/.jsonl file or hf:DATASET."),
+    text_column: Optional[str] = typer.Option(None, help="Own data: the text column (the task is then your data)."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Own data: the second text of a pair."),
+    label_column: str = typer.Option("label", help="Own data: the label column."),
+    language_column: Optional[str] = typer.Option(None, help="Own data in shared files: the language column."),
+    split_column: Optional[str] = typer.Option(None, help="Own data in one file: the split column (train/dev/test)."),
     out: Path = typer.Option(..., help="Run folder to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
     evaluate_langs: Optional[str] = typer.Option(None, "--evaluate", help="Also evaluate: all or a,b,c."),
@@ -80,6 +96,16 @@ def train(
     from .train import fit
 
     _refuse_existing_run(out, overwrite)
+    custom = None
+    if text_column:
+        if task not in ("sib200", "custom"):
+            raise XlpromptError(f"--text-column trains on your own data; drop --task {task}.")
+        if data_dir is None:
+            raise XlpromptError("--text-column reads your own data: pass --data-dir (a folder, a .tsv/.csv/.jsonl "
+                                "file, or hf:DATASET).")
+        task = "custom"
+        custom = {"path": _own_data(data_dir), "text_column": text_column, "text_pair_column": text_pair_column,
+                  "label_column": label_column, "language_column": language_column, "split_column": split_column}
     method_cfg = method_config(method, length=prompt_length, init=init, reparam=reparam,
                                projection=prefix_projection)
     config = TrainConfig(
@@ -87,7 +113,7 @@ def train(
         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
         freeze_model=freeze, train_language=train_lang, pooling=pooling,
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
-        data_dir=_data_dir(data_dir),
+        data_dir=None if custom else _data_dir(data_dir), custom=custom,
     )
     run = fit(config)
     run.save(out)
@@ -126,8 +152,8 @@ def evaluate(
     from .evaluate import results_table, write_results
     from .run import Run
 
-    data = _data_dir(data_dir)
     run = Run.load(run_dir)
+    data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
     results = _evaluate(run, langs, split=split, data_dir=data)
     console.print(results_table(results, sort_by=sort))
     target = out or (run_dir / "results.json")
@@ -151,11 +177,15 @@ def tasks():
 def languages(task: str = typer.Option("sib200"), data_dir: Optional[Path] = typer.Option(None)):
     """List a task's language codes with names and scripts."""
     from .data.languages import language_info
+    from .data.pairs import language_name
     from .tasks import get_task
 
     for code in get_task(task).languages(_data_dir(data_dir)):
-        info = language_info(code)
-        console.print(f"{code}\t{info.name}\t{info.script_name}")
+        try:
+            info = language_info(code)
+            console.print(f"{code}\t{info.name}\t{info.script_name}")
+        except XlpromptError:  # ISO 639-1 codes (xnli, pawsx) are not in the FLORES-200 table
+            console.print("\t".join([code, *language_name(code)]))
 
 
 @app.command()

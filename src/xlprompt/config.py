@@ -31,6 +31,9 @@ class TrainConfig:
     label_words: list[str] | None = None  # decoder verbalizer; None: the task's words for the model family
     data_dir: str | None = None
     eval_batch_size: int = 64
+    # own data (task="custom"): {path, text_column, text_pair_column, label_column, language_column,
+    # split_column, format, kind}; label_names is filled from the training rows and saved with the run
+    custom: dict | None = None
 
     def __post_init__(self):
         if isinstance(self.method, dict):
@@ -46,6 +49,13 @@ class TrainConfig:
             raise XlpromptError(f"--epochs must be >= 1, got {self.epochs}.")
         if self.batch_size < 1:
             raise XlpromptError(f"--batch-size must be >= 1, got {self.batch_size}.")
+        if (self.task == "custom") != (self.custom is not None):
+            raise XlpromptError("Own data needs both task='custom' and custom={'path': ..., 'text_column': ..., "
+                                "'label_column': ...} (CLI: --data-dir DIR --text-column C --label-column C).")
+        if self.custom is not None:
+            from .data.custom import CustomSpec
+
+            CustomSpec.from_dict(self.custom)  # unknown keys fail here, before any model loads
         if not 0.0 <= self.warmup < 1.0:
             raise XlpromptError(f"warmup is a fraction of training steps in [0, 1), got {self.warmup}.")
 

@@ -13,7 +13,7 @@ from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
 from .models.heads import head_loss
 from .progress import progress_bar
-from .tasks import get_task
+from .tasks.custom import get_task_for
 
 
 @torch.inference_mode()
@@ -69,7 +69,7 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
     """
     config = run.config
-    task = get_task(config.task)
+    task = get_task_for(config)
     data_dir = data_dir if data_dir is not None else config.data_dir
     split = split or task.eval_split
     codes = resolve_languages(languages, task.languages(data_dir))
@@ -94,6 +94,7 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
         "run": str(run.path) if run.path else None,
         "model": config.model,
         "train_language": config.train_language or task.train_language,
+        "notes": task.description,  # e.g. which data trained the run where the usual train set is missing
         "languages": per_language,
         "mean": mean_metrics(per_language, task.metric_names),
         "seconds": seconds,

@@ -85,14 +85,14 @@ class Run:
         return out
 
     def model_label_names(self):
-        from .tasks import get_task
+        from .tasks.custom import get_task_for
 
-        return get_task(self.config.task).label_names
+        return get_task_for(self.config).label_names
 
     @classmethod
     def load(cls, run_dir: str | Path, backbone=None) -> "Run":
         from .models.classifier import build_classifier
-        from .tasks import get_task
+        from .tasks.custom import get_task_for
         from .train import load_trainable_state
 
         run_dir = Path(run_dir)
@@ -107,7 +107,7 @@ class Run:
         shell = config
         if getattr(config.method, "init", "random").startswith("run:"):
             shell = dataclasses.replace(config, method=dataclasses.replace(config.method, init="random"))
-        model = build_classifier(shell, get_task(config.task), backbone=backbone)
+        model = build_classifier(shell, get_task_for(config), backbone=backbone)
         if meta.get("prompt_materialized"):
             materialize_method(model)  # the fresh module must match the saved, net-free state
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()

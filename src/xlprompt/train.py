@@ -18,7 +18,7 @@ from .data.sampling import few_shot_splits
 from .models.classifier import build_classifier
 from .progress import progress_bar
 from .run import Run, materialize_method
-from .tasks import get_task
+from .tasks.custom import get_task_for
 
 
 def seed_everything(seed: int) -> None:
@@ -50,7 +50,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     `model` may pass an already loaded PromptedClassifier (tests, sweeps reusing a backbone).
     """
     config = config or TrainConfig(**overrides)
-    task = get_task(config.task)
+    task = get_task_for(config)  # own data: resolves and records label names in config.custom
     language = config.train_language or task.train_language
     seed_everything(config.seed)
     train_df = task.load(task.train_split, language, config.data_dir)
