@@ -329,6 +329,28 @@ def store_cmd(store: Path = typer.Argument(..., help="A sweep's store folder."))
         console.print(table)
 
 
+@app.command()
+@friendly
+def report(
+    store: Path = typer.Argument(..., help="A sweep's store folder (holds results.parquet)."),
+    out: Path = typer.Option(..., help="Report folder to write (replaced atomically if it holds a report)."),
+    alignment: bool = typer.Option(True, "--alignment/--no-alignment",
+                                   help="Representation alignment on the store's run folders (loads models)."),
+    langs: Optional[str] = typer.Option(None, help="Comma-separated target languages (default: all in the store)."),
+    sentences: int = typer.Option(100, help="Parallel sentences per language for the alignment analysis."),
+):
+    """Figures (PNG), tables (CSV) and one self-contained HTML page from a results store."""
+    from .analysis.report import write_report
+
+    codes = [c.strip() for c in langs.split(",") if c.strip()] if langs else None
+    started = time.perf_counter()
+    meta = write_report(store, out, alignment=alignment, languages=codes, sentences=sentences)
+    console.print(f"wrote [bold]{out / 'report.html'}[/] · {len(meta['figures'])} figures · "
+                  f"{len(meta['skipped'])} skipped · {time.perf_counter() - started:.1f}s")
+    for name, why in meta["skipped"].items():
+        console.print(f"  skipped {name}: {escape(str(why))}", soft_wrap=True, highlight=False)
+
+
 def main():  # pragma: no cover - console entry point alias
     app()
 

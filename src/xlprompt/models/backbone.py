@@ -186,5 +186,28 @@ class Backbone(nn.Module):
         out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return out.last_hidden_state
 
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      past_key_values=None, position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Hidden states of every layer (embedding output first), for the inputs `forward` takes.
+
+        Used by representation analysis. Two hooks on the transformer body ask it for all layers and
+        catch its full output, so the cache and position-id handling of `forward` is reused as is."""
+        caught = []
+
+        def ask(module, args, kwargs):
+            return args, {**kwargs, "output_hidden_states": True}
+
+        def catch(module, args, output):
+            caught.append(output.hidden_states)
+
+        handles = [self.body.register_forward_pre_hook(ask, with_kwargs=True),
+                   self.body.register_forward_hook(catch)]
+        try:
+            self.forward(inputs_embeds, attention_mask, past_key_values=past_key_values, position_ids=position_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tuple(caught[0])
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
