@@ -4,5 +4,7 @@ from . import sib200 as _sib200  # noqa: F401  (registers itself)
 from . import xnli as _xnli  # noqa: F401
 from . import pawsx as _pawsx  # noqa: F401
 from . import custom as _custom  # noqa: F401  (lists 'custom'; get_task_for builds it)
+from . import xquad as _xquad  # noqa: F401  (registers itself)
+from . import mlqa as _mlqa  # noqa: F401  (registers itself)
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]
