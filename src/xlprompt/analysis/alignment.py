@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ..collate import encode_texts
+from .figures import DPI, plt, styled
 from .languages import label as language_label
 from .tables import model_label
 
@@ -115,13 +116,10 @@ def run_alignment(run, name: str, languages, pivot: str, n: int = 100, batch_siz
 # ------------------------------------------------------------------------------------ figures
 
 
+@styled
 def plot_layers(scores: pd.DataFrame, path: Path) -> Path:
     """Cosine to the pivot and retrieval accuracy per layer, averaged over languages; one line per
     run and condition."""
-    import matplotlib.pyplot as plt
-
-    from .figures import DPI
-
     mean = scores.groupby(["run", "condition", "layer"])[["cosine", "retrieval"]].mean().reset_index()
     groups = list(mean.groupby(["run", "condition"], sort=True))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3 + 0.22 * len(groups)))
@@ -136,22 +134,21 @@ def plot_layers(scores: pd.DataFrame, path: Path) -> Path:
         ax.set_xticks(layers if len(layers) <= 13 else layers[::2])
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8)
-    fig.suptitle("Cross-lingual alignment of sentence representations per layer "
-                 f"(mean over {scores['language'].nunique()} languages)")
+    n = scores["language"].nunique()
+    fig.suptitle(f"Cross-lingual alignment of sentence representations per layer (mean over {n} "
+                 f"language{'s' if n != 1 else ''})")
     fig.tight_layout(rect=(0, 0.055 * ((len(groups) + 1) // 2) + 0.02, 1, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
+@styled
 def plot_boundaries(last: dict, labels: dict, label_names: list[str], title: str, path: Path) -> pd.DataFrame:
     """2-D PCA of last-layer representations coloured by label: rows = conditions, columns = languages.
     One PCA per condition, fitted on all its languages, so panels in a row share axes. Returns the
     projected points (the figure's table)."""
-    import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
-
-    from .figures import DPI
 
     conds = list(last)
     codes = list(next(iter(last.values())))

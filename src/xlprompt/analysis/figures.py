@@ -5,6 +5,7 @@ has a legend entry; seed spread is drawn as error bars or bands (mean ± std ove
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -18,8 +19,17 @@ from .languages import DISTANCES, label as language_label  # noqa: E402
 from .tables import Study, freeze_label, model_label, series_label, shots_label  # noqa: E402
 
 DPI = 110
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
-                     "axes.spines.top": False, "axes.spines.right": False})
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.spines.top": False, "axes.spines.right": False}
+
+
+def styled(fn):
+    """Apply STYLE for one figure only: importing this module leaves the caller's matplotlib settings alone."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,6 +49,7 @@ def _err(values) -> np.ndarray:
     return np.nan_to_num(np.asarray(values, dtype=float))
 
 
+@styled
 def plot_mf(study: Study, path: Path) -> Path:
     """Grouped bars: one group per model (· method), MF and no MF side by side."""
     t = study.table.copy()
@@ -94,16 +105,19 @@ def _lines(study: Study, path: Path, x_col: str, xlabel: str, categorical: bool,
     return _save(fig, path)
 
 
+@styled
 def plot_shots(study: Study, path: Path) -> Path:
     return _lines(study, path, "shots", "training samples per class", categorical=True, log=False)
 
 
+@styled
 def plot_length(study: Study, path: Path) -> Path:
     lengths = study.table["prompt_length"].astype(float)
     return _lines(study, path, "prompt_length", "prompt length (tokens)", categorical=False,
                   log=lengths.max() / max(lengths.min(), 1) >= 10)
 
 
+@styled
 def plot_reparam(study: Study, path: Path) -> Path:
     """Horizontal bars per language, sorted by impact; one panel per model/freezing/variant."""
     t = study.table
@@ -130,6 +144,7 @@ def plot_reparam(study: Study, path: Path) -> Path:
     return path
 
 
+@styled
 def plot_methods(study: Study, path: Path) -> Path:
     """Per task: scatter of fine-tuning (x) vs prompt tuning (y) accuracy per language."""
     t = study.table
@@ -164,6 +179,7 @@ def plot_methods(study: Study, path: Path) -> Path:
     return _save(fig, path)
 
 
+@styled
 def plot_distance(study: Study, path: Path) -> Path:
     """Accuracy per language vs each URIEL distance; one colour per model/method/freezing, with the
     least-squares line and Pearson r in the legend."""
@@ -200,6 +216,7 @@ def plot_distance(study: Study, path: Path) -> Path:
     return path
 
 
+@styled
 def plot_seen(study: Study, path: Path) -> Path:
     """Mean accuracy of languages seen vs unseen in pretraining, per model and freezing."""
     t = study.table
