@@ -330,6 +330,16 @@ def test_uriel_distances_are_sane():
     assert L.model_family("intfloat/multilingual-e5-small") == "xlmr"
 
 
+def test_lang2vec_data_found_even_when_its_script_shadows_the_package(tmp_path, monkeypatch):
+    """lang2vec's wheel installs bin/lang2vec.py; under the `xlprompt` console script bin/ is sys.path[0]."""
+    if L._lang2vec_data() is None:
+        pytest.skip("lang2vec is not installed")
+    (tmp_path / "lang2vec.py").write_text("import pkg_resources_that_does_not_exist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lang2vec", raising=False)
+    assert L._uriel.__wrapped__() is not None
+
+
 def test_pretraining_lists_have_the_documented_sizes():
     from xlprompt.data.languages import all_languages
 

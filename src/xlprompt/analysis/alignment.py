@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..collate import encode_texts
+from ..collate import encode_texts, length_sorted_batches
 from .figures import DPI, plt, styled
 from .languages import label as language_label
 from .tables import model_label
@@ -44,9 +44,10 @@ def representations(model, texts: list[str], max_length: int = 128, with_prompt:
     use_method = with_prompt and model.method is not None
     if not use_method:
         collate.num_slots = 0  # same layout rules without slots: the backbone as it is without the prompt
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded, list(range(start, min(start + batch_size, len(encoded)))))
+    out = None
+    # length-sorted batches, as evaluation does: little padding; rows are put back in order below
+    for rows in length_sorted_batches([n + collate.num_slots + 1 for n in encoded.lengths()], batch_size):
+        batch = collate(encoded, rows)
         embeds = model.backbone.embed(batch.input_ids)
         mask, past = batch.attention_mask, None
         if use_method:
@@ -56,8 +57,11 @@ def representations(model, texts: list[str], max_length: int = 128, with_prompt:
         text = (batch.attention_mask.bool() & ~batch.prompt_mask).unsqueeze(-1).float()
         width = text.shape[1]
         pooled = [(h[:, -width:].float() * text).sum(1) / text.sum(1).clamp_min(1.0) for h in hidden]
-        out.append(torch.stack(pooled).numpy())
-    return np.concatenate(out, axis=1)
+        pooled = torch.stack(pooled).numpy()
+        if out is None:
+            out = np.zeros((pooled.shape[0], len(encoded), pooled.shape[2]), dtype=np.float32)
+        out[:, rows] = pooled
+    return out
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,17 +82,28 @@ class _Uriel:
     fam_size: np.ndarray   # members per node: the root of a lineage has the most
 
 
+def _lang2vec_data() -> Path | None:
+    """lang2vec's data folder, found through the installed distribution's metadata, not by importing:
+    the wheel also installs a script `bin/lang2vec.py`, which shadows the package (and fails on
+    `import pkg_resources`) whenever the venv's bin folder is sys.path[0], as under a console script."""
+    from importlib import metadata
+
+    try:
+        folder = Path(metadata.distribution("lang2vec").locate_file("lang2vec/data"))
+    except metadata.PackageNotFoundError:
+        return None
+    return folder if (folder / "family_features.npz").is_file() else None
+
+
 @lru_cache(maxsize=1)
 def _uriel() -> _Uriel | None:
-    try:
-        data = resources.files("lang2vec").joinpath("data")
-    except ModuleNotFoundError:
+    data = _lang2vec_data()
+    if data is None:
         return None
 
     def load(name):
-        with resources.as_file(data.joinpath(name)) as path:
-            db = np.load(path)
-            return {k: db[k] for k in db.files}
+        db = np.load(data / name)
+        return {k: db[k] for k in db.files}
 
     knn, geo, fam = load("feature_predictions.npz"), load("geocoord_features.npz"), load("family_features.npz")
     langs = [str(v) for v in knn["langs"]]
