@@ -112,3 +112,15 @@ def test_tasks_and_languages_listing():
     assert res.exit_code == 0 and "sib200" in flat(res)
     res = runner.invoke(app, ["languages"])
     assert res.exit_code == 0 and "swh_Latn" in flat(res) and "Swahili" in flat(res)
+
+
+def test_api_verbs_survive_submodule_imports():
+    """Importing xlprompt's modules must not shadow the API functions of the same purpose."""
+    import importlib
+
+    import xlprompt
+
+    for name in ("xlprompt.evaluation", "xlprompt.train", "xlprompt.run"):
+        importlib.import_module(name)
+    assert callable(xlprompt.evaluate) and callable(xlprompt.fit) and callable(xlprompt.load)
+    assert not hasattr(xlprompt.evaluate, "__path__") and xlprompt.evaluate.__module__ == "xlprompt"

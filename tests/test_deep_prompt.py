@@ -4,7 +4,7 @@ import torch
 
 from xlprompt import TrainConfig, fit, load
 from xlprompt.collate import encode_texts
-from xlprompt.evaluate import predict_encoded
+from xlprompt.evaluation import predict_encoded
 from xlprompt.io import load_tensors
 from xlprompt.prompts import DeepPrompt, DeepPromptConfig
 from xlprompt.train import param_groups

@@ -5,7 +5,7 @@ import torch
 from xlprompt import TrainConfig, fit, load
 from xlprompt.collate import encode_texts
 from xlprompt.errors import XlpromptError
-from xlprompt.evaluate import predict_encoded
+from xlprompt.evaluation import predict_encoded
 from xlprompt.prompts.config import FinetuneConfig, HeadOnlyConfig, InputPromptConfig
 
 

@@ -13,7 +13,7 @@ from xlprompt import TrainConfig, XlpromptError, fit
 from xlprompt.cli import app
 from xlprompt.data.custom import CustomSpec, custom_label_names, custom_languages, load_custom
 from xlprompt.data.pairs import PAWSX, XNLI, hash_bucket, load_pairs, pair_languages
-from xlprompt.evaluate import evaluate
+from xlprompt.evaluation import evaluate
 from xlprompt.prompts.config import DeepPromptConfig
 from xlprompt.run import Run
 

@@ -245,7 +245,7 @@ def tiny_e5_dir(tmp_path_factory, e5_tokenizer):
 ])
 def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, sizes):
     import xlprompt
-    from xlprompt.evaluate import evaluate  # not xlprompt.evaluate: importing the submodule shadows that function
+    from xlprompt.evaluation import evaluate  # not xlprompt.evaluate: importing the submodule shadows that function
 
     config = xlprompt.TrainConfig(task=task, model=str(tiny_e5_dir), method=method, shots=8, epochs=1,
                                   data_dir=str(SHARED_DATA), lr=1e-2)

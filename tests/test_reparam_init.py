@@ -10,7 +10,7 @@ from torch import nn
 from xlprompt import TrainConfig, fit, load
 from xlprompt.collate import encode_texts
 from xlprompt.errors import XlpromptError
-from xlprompt.evaluate import predict_encoded
+from xlprompt.evaluation import predict_encoded
 from xlprompt.io import load_tensors, save_tensors, write_json
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt.prompts.input_prompt import InputPrompt, build_input_prompt

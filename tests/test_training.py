@@ -6,7 +6,7 @@ import torch
 
 from xlprompt import TrainConfig, fit, load
 from xlprompt.collate import encode_texts
-from xlprompt.evaluate import predict_encoded
+from xlprompt.evaluation import predict_encoded
 from xlprompt.prompts.config import InputPromptConfig
 
 from conftest import DECODERS, FAMILIES

@@ -19,7 +19,7 @@ def fit(config: TrainConfig | None = None, **kwargs):
 
 
 def evaluate(run, languages="all", **kwargs) -> dict:
-    from .evaluate import evaluate as _evaluate
+    from .evaluation import evaluate as _evaluate
 
     return _evaluate(run, languages, **kwargs)
 

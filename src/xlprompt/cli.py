@@ -126,8 +126,8 @@ def train(
 
 
 def _evaluate_and_show(run, langs, out_json, data_dir, sort):
-    from .evaluate import evaluate as _evaluate
-    from .evaluate import results_table, write_results
+    from .evaluation import evaluate as _evaluate
+    from .evaluation import results_table, write_results
 
     results = _evaluate(run, langs, data_dir=data_dir)
     console.print(results_table(results, sort_by=sort))
@@ -148,8 +148,8 @@ def evaluate(
     sort: str = typer.Option("accuracy", help="Sort the table by a metric or 'language'."),
 ):
     """Zero-shot evaluation of a run on many languages."""
-    from .evaluate import evaluate as _evaluate
-    from .evaluate import results_table, write_results
+    from .evaluation import evaluate as _evaluate
+    from .evaluation import results_table, write_results
     from .run import Run
 
     run = Run.load(run_dir)

@@ -26,7 +26,7 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True) -> dict:
     from .config import TrainConfig
-    from .evaluate import evaluate, results_table, write_results
+    from .evaluation import evaluate, results_table, write_results
     from .prompts.config import InputPromptConfig
     from .train import fit
 

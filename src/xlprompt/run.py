@@ -45,12 +45,12 @@ class Run:
     path: Path | None = None
 
     def evaluate(self, languages="all", **kwargs) -> dict:
-        from .evaluate import evaluate
+        from .evaluation import evaluate
 
         return evaluate(self, languages, **kwargs)
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64):
-        from .evaluate import predict
+        from .evaluation import predict
 
         return predict(self.model, texts, self.config.max_length, text_pairs, batch_size)
 

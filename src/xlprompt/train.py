@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluate import predict_outputs
+from .evaluation import predict_outputs
 from .models.heads import head_loss
 from .errors import XlpromptError
 from .config import TrainConfig

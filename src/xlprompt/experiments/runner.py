@@ -102,7 +102,7 @@ def execute_run(spec_dict: dict, store_dir: str, threads: int | None = None) -> 
 def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None) -> dict:
     import torch
 
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
     from ..train import fit
 
     if threads:
