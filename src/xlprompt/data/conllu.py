@@ -81,20 +81,30 @@ def resolve_data_dir(data_dir: str | Path | None, sub: str, what: str) -> Path:
     return folder
 
 
+def languages_with(root: Path, file_name: str) -> list[str]:
+    """Language folders under `root` that hold `file_name` (the evaluation split)."""
+    return sorted(p.name for p in root.iterdir() if (p / file_name).is_file())
+
+
+def split_file(root: Path, language: str, split: str, suffix: str, what: str, eval_file: str) -> Path:
+    """`root/<language>/<split><suffix>`, or one error naming what the language (or the dataset) has."""
+    if split not in SPLITS:
+        raise XlpromptError(f"Unknown {what} split {split!r}; use one of: {', '.join(SPLITS)}.")
+    path = root / language / f"{split}{suffix}"
+    if not path.is_file():
+        have = sorted(p.stem for p in (root / language).glob(f"*{suffix}")) if (root / language).is_dir() else []
+        hint = f"{language} has only: {', '.join(have)}" if have else \
+            f"languages: {', '.join(languages_with(root, eval_file))}"
+        raise XlpromptError(f"No {what} {split} set for {language!r} ({path} missing); {hint}.")
+    return path
+
+
 def udpos_languages(data_dir: str | Path | None = None) -> list[str]:
     """Languages with a test set (the evaluation split), English included."""
-    root = resolve_data_dir(data_dir, "udpos", "UD POS")
-    return sorted(p.name for p in root.iterdir() if (p / "test.conllu").is_file())
+    return languages_with(resolve_data_dir(data_dir, "udpos", "UD POS"), "test.conllu")
 
 
 def load_udpos(split: str, language: str, data_dir: str | Path | None = None) -> pd.DataFrame:
-    if split not in SPLITS:
-        raise XlpromptError(f"Unknown UD POS split {split!r}; use one of: {', '.join(SPLITS)}.")
     root = resolve_data_dir(data_dir, "udpos", "UD POS")
-    path = root / language / f"{split}.conllu"
-    if not path.is_file():
-        have = sorted(p.stem for p in (root / language).glob("*.conllu")) if (root / language).is_dir() else []
-        hint = f"{language} has only: {', '.join(have)}" if have else \
-            f"languages: {', '.join(udpos_languages(data_dir))}"
-        raise XlpromptError(f"No UD POS {split} set for {language!r} ({path} missing); {hint}.")
+    path = split_file(root, language, split, ".conllu", "UD POS", "test.conllu")
     return tagging_frame(read_conllu(path))

@@ -13,10 +13,9 @@ from typing import Iterable
 import pandas as pd
 
 from ..errors import XlpromptError
-from .conllu import resolve_data_dir, tagging_frame
+from .conllu import languages_with, resolve_data_dir, split_file, tagging_frame
 
 PANX_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 
 def parse_panx(lines: Iterable[str], source: str = "<text>") -> list[tuple[list[str], list[str]]]:
@@ -51,18 +50,10 @@ def read_panx(path: str | Path) -> list[tuple[list[str], list[str]]]:
 
 def panx_languages(data_dir: str | Path | None = None) -> list[str]:
     """Languages with a labelled dev set (the evaluation split), English included."""
-    root = resolve_data_dir(data_dir, "ner/panx", "PAN-X")
-    return sorted(p.name for p in root.iterdir() if (p / "dev.tsv").is_file())
+    return languages_with(resolve_data_dir(data_dir, "ner/panx", "PAN-X"), "dev.tsv")
 
 
 def load_panx(split: str, language: str, data_dir: str | Path | None = None) -> pd.DataFrame:
-    if split not in SPLITS:
-        raise XlpromptError(f"Unknown PAN-X split {split!r}; use one of: {', '.join(SPLITS)}.")
     root = resolve_data_dir(data_dir, "ner/panx", "PAN-X")
-    path = root / language / f"{split}.tsv"
-    if not path.is_file():
-        have = sorted(p.stem for p in (root / language).glob("*.tsv")) if (root / language).is_dir() else []
-        hint = f"{language} has only: {', '.join(have)}" if have else \
-            f"languages: {', '.join(panx_languages(data_dir))}"
-        raise XlpromptError(f"No PAN-X {split} set for {language!r} ({path} missing); {hint}.")
+    path = split_file(root, language, split, ".tsv", "PAN-X", "dev.tsv")
     return tagging_frame(read_panx(path))
