@@ -1,0 +1,291 @@
+"""Many trained prompts on one frozen backbone, mixed row by row in one forward pass.
+
+A prompt run is small (a prompt, a head) while the model under it is large, so a service that holds
+many runs should hold the model once and let one batch carry rows of different runs. Each row is laid
+out by its own run's collator, so it reads exactly the tokens and positions that run alone would give
+it; what differs between rows is only which prompt fills its slots (input prompts), which prefix keys and
+values it sees (deep prompts; shorter prefixes are padded and masked out), and which head reads it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io
+from ..collate import Batch, Collator, encode_texts
+from ..config import TrainConfig
+from ..errors import XlpromptError
+from ..models.backbone import Backbone, resolve_model_source
+from ..prompts import DeepPrompt, InputPrompt
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass
+class Prediction:
+    label_index: int
+    label: str
+    scores: list[float]   # softmax over the run's labels, in label order
+    logits: list[float]
+
+
+@dataclass(eq=False)  # compared by identity: a re-added name is a different run
+class ServedRun:
+    """One loaded run and what a mixed forward pass needs to know about it."""
+
+    name: str
+    path: Path
+    run: object  # xlprompt.run.Run, loaded onto the bank's backbone
+    label_names: tuple[str, ...]
+    collator: Collator = field(repr=False)
+
+    @property
+    def model(self):
+        return self.run.model
+
+    @property
+    def method_name(self) -> str:
+        return self.run.config.method.type
+
+    @property
+    def prefix_length(self) -> int:
+        return self.model.method.config.length if isinstance(self.model.method, DeepPrompt) else 0
+
+    @property
+    def prompt_length(self) -> int:
+        method = self.model.method
+        return method.config.length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
+
+    def info(self) -> dict:
+        config = self.run.config
+        return {"name": self.name, "path": str(self.path), "task": config.task,
+                "labels": list(self.label_names), "method": self.method_name,
+                "prompt_length": self.prompt_length, "model": config.model, "max_length": config.max_length}
+
+    def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> list[list[int]]:
+        """Token ids as this run reads them (its tokenizer settings and its own max_length)."""
+        tokenizer = self.model.backbone.tokenizer
+        return encode_texts(tokenizer, texts, [0] * len(texts), self.run.config.max_length, text_pairs).token_ids
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 100 or not set(name) <= NAME_CHARS:
+        raise XlpromptError(f"Prompt name {name!r} is not usable: use 1-100 letters, digits, '.', '_' or '-'.")
+    return name
+
+
+def _model_identity(name: str) -> str:
+    """What a model name loads: local folders by their real path, hub ids by id (aliases of the offline
+    default resolve to the same folder)."""
+    source, _ = resolve_model_source(name)
+    path = Path(source)
+    return str(path.resolve()) if path.is_dir() else source
+
+
+def read_servable_config(run_dir: Path) -> TrainConfig:
+    """The run's config, after the checks that need no model: a prompt that can share a frozen backbone."""
+    from ..tasks.custom import get_task_for
+
+    if not (run_dir / "run.json").exists():
+        hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
+        raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}).")
+    config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
+    if not config.freeze_model or config.method.trains_backbone:
+        raise XlpromptError(f"{run_dir} trained the model's own weights ({config.method.type}, freeze_model="
+                            f"{config.freeze_model}): its model differs from the shared frozen one, so it cannot "
+                            "be served beside other prompts. Evaluate it alone with `xlprompt evaluate`.")
+    head = getattr(get_task_for(config).format, "head", "classification")
+    if head != "classification":
+        raise XlpromptError(f"{run_dir} is a {config.task} run ({head} head): serving takes sentence and "
+                            "sentence-pair classification runs only.")
+    return config
+
+
+class PromptBank:
+    """One frozen backbone and any number of named runs on it; `classify` mixes them per row.
+
+    Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
+    """
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone.eval().requires_grad_(False)
+        self._runs: dict[str, ServedRun] = {}
+        self._lock = threading.Lock()          # guards the name -> run table
+        self._forward_lock = threading.Lock()  # one forward pass at a time on the shared model
+        self._identity = None
+        # decoders number text positions after their prefix; rows with different prefix lengths need
+        # explicit positions (BLOOM takes none: its ALiBi positions come from the mask, which is exact)
+        import inspect
+
+        params = inspect.signature(backbone.body.forward).parameters
+        self._explicit_positions = backbone.kind == "decoder" and "position_ids" in params
+
+    @classmethod
+    def from_runs(cls, runs: dict[str, str | Path], model: str | None = None) -> "PromptBank":
+        """Load the model once (`model`, else the first run's) and every run onto it."""
+        if not runs and model is None:
+            raise XlpromptError("Give at least one run folder, or the model to serve prompts added later.")
+        if model is None:
+            first = Path(next(iter(runs.values())))
+            model = read_servable_config(first).model
+        bank = cls(Backbone.load(model))
+        for name, path in runs.items():
+            bank.add(name, path)
+        return bank
+
+    # ------------------------------------------------------------------ the table of runs
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._runs)
+
+    def get(self, name: str) -> ServedRun:
+        with self._lock:
+            entry = self._runs.get(name)
+        if entry is None:
+            known = ", ".join(self.names()) or "none loaded"
+            raise KeyError(f"Unknown prompt {name!r}; known: {known}.")
+        return entry
+
+    def runs(self) -> list[ServedRun]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def add(self, name: str, run_dir: str | Path) -> ServedRun:
+        """Load a run folder onto the shared backbone under `name`."""
+        from ..run import Run
+
+        check_name(name)
+        if name in self.names():
+            raise XlpromptError(f"A prompt named {name!r} is already loaded: remove it first or choose another name.")
+        run_dir = Path(run_dir).expanduser()
+        config = read_servable_config(run_dir)
+        self._check_model(config.model, run_dir)
+        run = Run.load(run_dir, backbone=self.backbone)
+        entry = ServedRun(name, run_dir.resolve(), run, tuple(run.model_label_names()), run.model.collator())
+        with self._lock:
+            if name in self._runs:  # another thread added the same name while this one loaded
+                raise XlpromptError(f"A prompt named {name!r} is already loaded.")
+            self._runs[name] = entry
+        return entry
+
+    def remove(self, name: str) -> ServedRun:
+        """Forget a run; rows of it already in a batch still finish (they hold the run itself)."""
+        with self._lock:
+            if name not in self._runs:
+                raise KeyError(f"Unknown prompt {name!r}.")
+            return self._runs.pop(name)
+
+    def _check_model(self, model: str, run_dir: Path) -> None:
+        if model == self.backbone.name:
+            return
+        try:
+            if self._identity is None:
+                self._identity = _model_identity(self.backbone.name)
+            same = _model_identity(model) == self._identity
+        except XlpromptError as exc:
+            raise XlpromptError(f"{run_dir} was trained on {model!r}, which cannot be checked against the "
+                                f"served model {self.backbone.name!r}: {exc}") from exc
+        if not same:
+            raise XlpromptError(f"{run_dir} was trained on {model!r}, but this server's model is "
+                                f"{self.backbone.name!r}: all prompts must share one model.")
+
+    # ------------------------------------------------------------------ inference
+
+    def classify(self, prompt_names: list[str], texts: list[str],
+                 text_pairs: list[str] | None = None) -> list[Prediction]:
+        """Row i of `texts` classified with prompt `prompt_names[i]`, all in one forward pass."""
+        if len(prompt_names) != len(texts) or (text_pairs is not None and len(text_pairs) != len(texts)):
+            raise XlpromptError("classify needs one prompt name (and one text pair, if any) per text.")
+        try:
+            entries = [self.get(n) for n in prompt_names]
+        except KeyError as exc:
+            raise XlpromptError(exc.args[0]) from None
+        ids: list = [None] * len(texts)
+        for entry in dict.fromkeys(entries):  # tokenize each run's rows with that run's max_length
+            rows = [i for i, e in enumerate(entries) if e is entry]
+            pairs = [text_pairs[i] for i in rows] if text_pairs is not None else None
+            for i, row_ids in zip(rows, entry.encode([texts[i] for i in rows], pairs)):
+                ids[i] = row_ids
+        return [to_prediction(entry, row) for entry, row in zip(entries, self.forward(entries, ids))]
+
+    @torch.inference_mode()
+    def forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
+        """Class logits per row (each row's own label count) for rows of any runs of this bank."""
+        if not entries:
+            return []
+        with self._forward_lock:
+            return self._forward(entries, token_ids)
+
+    def _forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
+        backbone = self.backbone
+        laid = [e.collator.layout(ids) for e, ids in zip(entries, token_ids)]
+        n, width = len(laid), max(len(row[0]) for row in laid)
+        pad = entries[0].collator.pad_id
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        slots = torch.zeros((n, width), dtype=torch.bool)
+        label_positions = torch.zeros(n, dtype=torch.long)
+        for r, (ids, mask, pos, _) in enumerate(laid):
+            input_ids[r, :len(ids)] = torch.tensor(ids)
+            attention[r, :len(ids)] = 1
+            slots[r, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
+            label_positions[r] = pos
+        groups: dict[ServedRun, list[int]] = {}
+        for r, e in enumerate(entries):
+            groups.setdefault(e, []).append(r)
+
+        embeds = backbone.embed(input_ids)
+        if bool(slots.any()):
+            # boolean assignment fills slots in row-major order, so stacking each row's prompt in row order
+            # puts every row's own prompt into its own slots
+            prompts = [e.model.method.prompt_embeddings() for e in entries if isinstance(e.model.method, InputPrompt)]
+            embeds = embeds.clone()
+            embeds[slots] = torch.cat(prompts).to(embeds.dtype)
+
+        prefix_lengths = torch.tensor([e.prefix_length for e in entries])
+        longest = int(prefix_lengths.max())
+        past, full_mask = None, attention
+        if longest:
+            past = self._mixed_prefix(groups, n, longest, embeds.dtype)
+            # a row sees its own prefix length of keys; the padding after it and whole prefixes of rows
+            # without one are masked out, which leaves their attention exactly as without those keys
+            prefix_mask = (torch.arange(longest).unsqueeze(0) < prefix_lengths.unsqueeze(1)).long()
+            full_mask = torch.cat([prefix_mask, attention], dim=1)
+        position_ids = None
+        if self._explicit_positions:
+            position_ids = prefix_lengths.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        hidden = backbone(embeds, full_mask, past_key_values=past, position_ids=position_ids)
+
+        out: list = [None] * n
+        for entry, rows in groups.items():
+            index = torch.tensor(rows)
+            empty = torch.zeros((len(rows), 0), dtype=torch.long)
+            batch = Batch(input_ids[index], attention[index], slots[index], label_positions[index], empty,
+                          empty.bool(), torch.zeros(len(rows), dtype=torch.long), index)
+            logits = entry.model.head(hidden[index], batch)[:, :entry.model.num_labels].float().numpy()
+            for r, row in zip(rows, logits):
+                out[r] = row
+        return out
+
+    def _mixed_prefix(self, groups, n: int, longest: int, dtype) -> list:
+        """Per-layer (K, V) of shape (rows, kv_heads, longest, head_dim): each deep-prompt row its run's
+        prefix at the front, zeros elsewhere (masked, so their value never counts)."""
+        deep = {e: rows for e, rows in groups.items() if e.prefix_length}
+        sample = next(iter(deep)).model.method.prefix_tensor()
+        layers, _, kv_heads, _, head_dim = sample.shape
+        keys = torch.zeros((layers, 2, n, kv_heads, longest, head_dim), dtype=dtype)
+        for entry, rows in deep.items():
+            prefix = entry.model.method.prefix_tensor().to(dtype)  # (layers, 2, kv_heads, L, head_dim)
+            keys[:, :, rows, :, :prefix.shape[3]] = prefix.unsqueeze(2)
+        return [(keys[i, 0], keys[i, 1]) for i in range(layers)]
+
+
+def to_prediction(entry: ServedRun, logits: np.ndarray) -> Prediction:
+    scores = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), -1).tolist()
+    index = int(np.argmax(logits))
+    return Prediction(index, entry.label_names[index], scores, [float(x) for x in logits])
