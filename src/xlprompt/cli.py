@@ -351,6 +351,47 @@ def report(
         console.print(f"  skipped {name}: {escape(str(why))}", soft_wrap=True, highlight=False)
 
 
+@app.command()
+@friendly
+def serve(
+    run_dirs: Optional[list[Path]] = typer.Argument(None, help="Run folders to serve, each named after its folder."),
+    name: Optional[list[str]] = typer.Option(None, "--name", help="NAME=RUN_DIR: serve a run under a name "
+                                             "(repeatable)."),
+    model: Optional[str] = typer.Option(None, help="The one model all prompts share (default: the first run's)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000),
+    max_batch: int = typer.Option(64, help="Texts per forward pass."),
+    max_wait_ms: float = typer.Option(10.0, help="How long the oldest waiting text may wait for a batch to fill."),
+    max_queue: int = typer.Option(1024, help="Texts that may wait for the model; beyond that requests get 503."),
+    max_texts: int = typer.Option(256, help="Texts per request."),
+    max_chars: int = typer.Option(2000, help="Characters per text."),
+    batching: str = typer.Option("mixed", help="mixed: one forward pass mixes prompts; single: one prompt per "
+                                 "pass (the baseline)."),
+    read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+):
+    """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
+    from .serving.multi import PromptBank, name_runs
+
+    from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_texts=max_texts, max_chars=max_chars, batching=batching,
+                             allow_changes=not read_only)
+    runs = name_runs(run_dirs or [], name or [])
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    check_port(host, port)
+    started = time.perf_counter()
+    bank = PromptBank.from_runs(runs, model=model)
+    console.print(f"loaded {bank.backbone.name} and {len(runs)} prompts ({', '.join(runs) or 'none yet'}) in "
+                  f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
+                  highlight=False, soft_wrap=True)
+    make_server(bank, settings, host, port, log_level).run()
+
+
 def main():  # pragma: no cover - console entry point alias
     app()
 

@@ -42,6 +42,9 @@ class ServedRun:
     run: object  # xlprompt.run.Run, loaded onto the bank's backbone
     label_names: tuple[str, ...]
     collator: Collator = field(repr=False)
+    # a fast tokenizer keeps truncation settings as state between calls, so runs with different
+    # max_length tokenizing at once in different threads would truncate by each other's length
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def model(self):
@@ -69,7 +72,12 @@ class ServedRun:
     def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> list[list[int]]:
         """Token ids as this run reads them (its tokenizer settings and its own max_length)."""
         tokenizer = self.model.backbone.tokenizer
-        return encode_texts(tokenizer, texts, [0] * len(texts), self.run.config.max_length, text_pairs).token_ids
+        with self.tokenizer_lock:
+            return encode_texts(tokenizer, texts, [0] * len(texts), self.run.config.max_length, text_pairs).token_ids
+
+
+class DuplicateName(XlpromptError):
+    """A prompt of that name is already loaded."""
 
 
 def check_name(name: str) -> str:
@@ -116,6 +124,7 @@ class PromptBank:
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
         self._forward_lock = threading.Lock()  # one forward pass at a time on the shared model
+        self._tokenizer_lock = threading.Lock()  # one tokenizer, shared by every run
         self._identity = None
         # decoders number text positions after their prefix; rows with different prefix lengths need
         # explicit positions (BLOOM takes none: its ALiBi positions come from the mask, which is exact)
@@ -161,15 +170,16 @@ class PromptBank:
 
         check_name(name)
         if name in self.names():
-            raise XlpromptError(f"A prompt named {name!r} is already loaded: remove it first or choose another name.")
+            raise DuplicateName(f"A prompt named {name!r} is already loaded: remove it first or choose another name.")
         run_dir = Path(run_dir).expanduser()
         config = read_servable_config(run_dir)
         self._check_model(config.model, run_dir)
         run = Run.load(run_dir, backbone=self.backbone)
-        entry = ServedRun(name, run_dir.resolve(), run, tuple(run.model_label_names()), run.model.collator())
+        entry = ServedRun(name, run_dir.resolve(), run, tuple(run.model_label_names()), run.model.collator(),
+                          self._tokenizer_lock)
         with self._lock:
             if name in self._runs:  # another thread added the same name while this one loaded
-                raise XlpromptError(f"A prompt named {name!r} is already loaded.")
+                raise DuplicateName(f"A prompt named {name!r} is already loaded.")
             self._runs[name] = entry
         return entry
 
@@ -289,3 +299,21 @@ def to_prediction(entry: ServedRun, logits: np.ndarray) -> Prediction:
     scores = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), -1).tolist()
     index = int(np.argmax(logits))
     return Prediction(index, entry.label_names[index], scores, [float(x) for x in logits])
+
+
+def name_runs(run_dirs: list[str | Path] = (), named: list[str] = ()) -> dict[str, Path]:
+    """Names for run folders: each folder's own name, or NAME=DIR; clashes are errors, not overwrites."""
+    out: dict[str, Path] = {}
+    pairs = [(Path(d).expanduser().resolve().name, Path(d)) for d in run_dirs]
+    for item in named:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise XlpromptError(f"--name {item!r}: write NAME=RUN_DIR.")
+        pairs.append((name, Path(path)))
+    for name, path in pairs:
+        check_name(name)
+        if name in out:
+            raise XlpromptError(f"Two run folders are named {name!r} ({out[name]} and {path}): name them with "
+                                "--name NAME=DIR.")
+        out[name] = path
+    return out

@@ -1,0 +1,286 @@
+"""The HTTP service of `xlprompt serve`: FastAPI endpoints over a PromptBank and one batching worker.
+
+Every error answers JSON `{"error": "..."}` with a 4xx status saying what to change (5xx only for a
+failed forward pass or a full queue), and never stops the server: validation happens on the event loop
+before anything reaches the model, and a failing batch fails only the requests in it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+from ..errors import XlpromptError
+from .batcher import MODES, Batcher, Closed, Job, QueueFull
+from .multi import DuplicateName, PromptBank, to_prediction
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise XlpromptError("xlprompt serve needs FastAPI and uvicorn: pip install 'xlprompt[serve]'.") from exc
+
+log = logging.getLogger("xlprompt.serve")
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 64        # texts per forward pass
+    max_wait_ms: float = 10.0  # how long the oldest queued text may wait for a batch to fill
+    max_queue: int = 1024      # texts waiting for the model; beyond it requests get 503
+    max_texts: int = 256       # per request
+    max_chars: int = 2000      # per text
+    batching: str = "mixed"    # mixed: any prompts in a batch; single: one prompt per batch (baseline)
+    allow_changes: bool = True  # POST/DELETE /prompts
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_queue", "max_texts", "max_chars"):
+            if getattr(self, name) < 1:
+                raise XlpromptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if self.max_wait_ms < 0:
+            raise XlpromptError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}.")
+        if self.max_texts > self.max_queue:
+            raise XlpromptError(f"--max-texts {self.max_texts} exceeds --max-queue {self.max_queue}: a full request "
+                                "could never be queued.")
+        if self.batching not in MODES:
+            raise XlpromptError(f"Unknown --batching {self.batching!r}: use mixed or single.")
+
+    def body_limit(self) -> int:
+        """Bytes a largest valid request can take: texts and pairs, each char up to 6 bytes as a JSON escape."""
+        return 2 * self.max_texts * (6 * self.max_chars + 8) + 65536
+
+
+class ClassifyRequest(BaseModel):
+    # strict: 5 is not the text "5", and a misspelt field is an error rather than silently ignored
+    model_config = ConfigDict(strict=True, extra="forbid")
+    prompt: str
+    texts: list[str]
+    text_pairs: list[str] | None = None
+
+
+class AddPromptRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str
+    path: str
+
+
+def fail(status: int, message: str):
+    raise HTTPException(status, message)
+
+
+def check_texts(req: ClassifyRequest, settings: ServeSettings) -> None:
+    if not req.texts:
+        fail(400, "texts is empty: send at least one text to classify.")
+    if len(req.texts) > settings.max_texts:
+        fail(413, f"{len(req.texts)} texts in one request; at most {settings.max_texts}: split the request.")
+    fields = [("texts", req.texts)]
+    if req.text_pairs is not None:
+        if len(req.text_pairs) != len(req.texts):
+            fail(400, f"text_pairs has {len(req.text_pairs)} entries for {len(req.texts)} texts: give one per text.")
+        fields.append(("text_pairs", req.text_pairs))
+    for field, values in fields:
+        for i, text in enumerate(values):
+            if not text.strip():
+                fail(400, f"{field}[{i}] is empty: every text needs some content.")
+            if len(text) > settings.max_chars:
+                fail(413, f"{field}[{i}] has {len(text)} characters; at most {settings.max_chars}.")
+
+
+class BodyLimit:
+    """Refuses request bodies above a byte limit before they are read in full (pure ASGI, so it also counts
+    chunked bodies that declare no length)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body.append(message.get("body", b""))
+            size += len(body[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+        whole, sent = b"".join(body), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = JSONResponse({"error": f"request body exceeds {self.limit} bytes: send fewer or shorter "
+                                          "texts."}, status_code=413)
+        await response(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "the request body is not valid JSON."
+    parts = []
+    for e in errors[:10]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return 422, "; ".join(parts)
+
+
+def create_app(bank: PromptBank, settings: ServeSettings | None = None):
+    """The ASGI app; its lifespan starts and stops the model worker."""
+    settings = settings or ServeSettings()
+    batcher = Batcher(bank.forward, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue,
+                      settings.batching)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="xlprompt serve", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.body_limit())
+    app.state.bank, app.state.batcher, app.state.settings = bank, batcher, settings
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        status, message = _validation_message(exc)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    def lookup(name: str):
+        try:
+            return bank.get(name)
+        except KeyError as exc:
+            fail(404, exc.args[0])
+
+    @app.post("/classify")
+    async def classify(req: ClassifyRequest):
+        check_texts(req, settings)
+        entry = lookup(req.prompt)
+        ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def settle(job):
+            if not answer.done():
+                answer.set_result(job)
+
+        job = Job(entry, ids, lambda job: loop.call_soon_threadsafe(settle, job))
+        try:
+            batcher.submit(job)
+        except (QueueFull, Closed) as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        try:
+            await answer
+        except asyncio.CancelledError:  # the client left: its rows not yet in a batch are skipped
+            job.cancelled = True
+            raise
+        if job.error is not None:
+            status = 503 if isinstance(job.error, Closed) else 500
+            fail(status, f"the model failed on the batch holding this request: {type(job.error).__name__}: "
+                         f"{job.error}")
+        predictions = [to_prediction(entry, row) for row in job.logits]
+        if not all(math.isfinite(s) for p in predictions for s in p.logits):
+            fail(500, "the model returned non-finite scores for this request.")
+        return {"prompt": entry.name, "labels": list(entry.label_names),
+                "predictions": [{"label": p.label, "label_index": p.label_index,
+                                 "scores": dict(zip(entry.label_names, p.scores))} for p in predictions]}
+
+    @app.get("/prompts")
+    async def prompts():
+        return {"prompts": [r.info() for r in bank.runs()]}
+
+    @app.post("/prompts", status_code=201)
+    async def add_prompt(req: AddPromptRequest):
+        if not settings.allow_changes:
+            fail(403, "this server was started with --read-only: prompts cannot be added.")
+        try:
+            entry = await run_in_threadpool(bank.add, req.name, req.path)
+        except DuplicateName as exc:
+            fail(409, str(exc))
+        except XlpromptError as exc:
+            fail(400, str(exc))
+        log.info("added prompt %s from %s", entry.name, entry.path)
+        return entry.info()
+
+    @app.delete("/prompts/{name}")
+    async def remove_prompt(name: str):
+        if not settings.allow_changes:
+            fail(403, "this server was started with --read-only: prompts cannot be removed.")
+        try:
+            entry = bank.remove(name)
+        except KeyError as exc:
+            fail(404, exc.args[0])
+        log.info("removed prompt %s", name)
+        return {"removed": entry.name}
+
+    @app.get("/health")
+    async def health():
+        stats = dict(batcher.stats)
+        body = {"status": "ok" if batcher.alive else "model worker stopped", "model": bank.backbone.name,
+                "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "queued_texts": batcher.queued,
+                **stats, "mean_batch": stats["texts"] / stats["batches"] if stats["batches"] else 0.0,
+                "settings": asdict(settings)}
+        return JSONResponse(body, status_code=200 if batcher.alive else 503)
+
+    return app
+
+
+def make_server(bank: PromptBank, settings: ServeSettings | None = None, host: str = "127.0.0.1",
+                port: int = 8000, log_level: str = "info"):
+    """A uvicorn Server for the app (`.run()` blocks; tests run it in a thread and set `should_exit`)."""
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise XlpromptError("xlprompt serve needs uvicorn: pip install 'xlprompt[serve]'.") from exc
+
+    config = uvicorn.Config(create_app(bank, settings), host=host, port=port, log_level=log_level,
+                            lifespan="on", timeout_graceful_shutdown=10)
+    return uvicorn.Server(config)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before loading any model when the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise XlpromptError(f"--host {host} does not resolve: {exc}.") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise XlpromptError(f"Cannot listen on {host}:{port} ({exc.strerror}): choose another --port "
+                                "or stop the server using it.") from exc
