@@ -12,6 +12,7 @@ from xlprompt.evaluation import predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.prompts.config import FinetuneConfig, InputPromptConfig
 from xlprompt.serving import PromptBank
+from xlprompt.serving.multi import pack_rows
 
 from serving_runs import RUNS, TEXTS, register_toy3, train_run, train_runs
 
@@ -38,8 +39,9 @@ def alone(run_dir, backbone, texts):
     return predict_encoded(run.model, enc, batch_size=4)
 
 
-def bank_for(family, tiny_model_dir, runs):
-    bank = PromptBank(Backbone.load(str(tiny_model_dir(family))))
+def bank_for(family, tiny_model_dir, runs, max_padding=1.0):
+    """max_padding=1: every batch is one forward pass, whatever its rows' lengths."""
+    bank = PromptBank(Backbone.load(str(tiny_model_dir(family))), max_padding=max_padding)
     for name, path in runs(family).items():
         bank.add(name, path)
     return bank
@@ -53,7 +55,7 @@ def test_mixed_batch_matches_each_run_alone(family, tiny_model_dir, runs):
     rows = [(names[i % len(names)], TEXTS[(i * 5) % len(TEXTS)]) for i in range(30)]
     random.Random(0).shuffle(rows)
     predictions = bank.classify([n for n, _ in rows], [t for _, t in rows])
-    assert len(predictions) == len(rows)
+    assert len(predictions) == len(rows) and bank.forward_passes == 1
     expected = {}
     for name in names:
         texts = [t for n, t in rows if n == name]
@@ -84,6 +86,32 @@ def test_subsets_and_row_order(family, subset, tiny_model_dir, runs):
         texts = [t for n, t in zip(names, TEXTS) if n == name]
         got = [p.logits for n, p in zip(names, forward) if n == name]
         np.testing.assert_allclose(np.array(got), alone(runs(family)[name], bank.backbone, texts), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.25])
+def test_length_packed_passes_give_the_same_rows(max_padding, tiny_model_dir, runs):
+    """Splitting a batch into length-sorted passes changes nothing but the number of passes."""
+    one = bank_for("xglm", tiny_model_dir, runs)
+    packed = bank_for("xglm", tiny_model_dir, runs, max_padding=max_padding)
+    names = [list(RUNS)[i % len(RUNS)] for i in range(len(TEXTS))]
+    for a, b in zip(one.classify(names, TEXTS), packed.classify(names, TEXTS)):
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-5, rtol=0)
+    assert one.forward_passes == 1 and packed.forward_passes > 1
+
+
+def test_pack_rows():
+    assert pack_rows([5, 5, 5], 0.0) == [[0, 1, 2]]
+    assert pack_rows([10, 2, 9, 3], 0.0) == [[1], [3], [2], [0]]
+    assert pack_rows([10, 2, 9, 3], 0.25) == [[1, 3], [2, 0]]  # 2+3 in width 3: 1/6 padding; 9+10: 1/20
+    assert pack_rows([10, 2, 9, 3], 1.0) == [[1, 3, 2, 0]]
+    groups = pack_rows([7, 1, 30, 12, 12, 4, 29, 2], 0.3)
+    assert sorted(r for g in groups for r in g) == list(range(8))
+    lengths = [7, 1, 30, 12, 12, 4, 29, 2]
+    for g in groups:
+        width = max(lengths[r] for r in g)
+        assert len(g) == 1 or 1 - sum(lengths[r] for r in g) / (width * len(g)) <= 0.3
+    with pytest.raises(XlpromptError, match="max_padding"):
+        PromptBank(None, max_padding=2)
 
 
 def test_rows_differ_by_prompt(tiny_model_dir, runs):

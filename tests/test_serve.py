@@ -100,6 +100,7 @@ def test_classify_prompts_health(server, expected):
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["prompts"] == len(SERVED) and health["batches"] >= 1
         assert health["model_kind"] == "encoder" and health["settings"]["batching"] == "mixed"
+        assert health["forward_passes"] >= health["batches"] and health["settings"]["max_padding"] == 0.25
 
 
 def test_concurrent_clients_each_get_their_results(server, expected):
@@ -308,6 +309,10 @@ def test_cli_serve_errors(tmp_path):
     assert result.exit_code == 2 and "not a complete xlprompt run folder" in result.output
     result = runner.invoke(app, ["serve", "--name", "oops"])
     assert result.exit_code == 2 and "NAME=RUN_DIR" in result.output
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--max-padding", "1.5"])
+    assert result.exit_code == 2 and "--max-padding" in result.output
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--max-texts", "9", "--max-queue", "4"])
+    assert result.exit_code == 2 and "--max-texts 9 exceeds --max-queue 4" in result.output
     (tmp_path / "a").mkdir()
     (tmp_path / "b" / "a").mkdir(parents=True)
     result = runner.invoke(app, ["serve", str(tmp_path / "a"), str(tmp_path / "b" / "a")])

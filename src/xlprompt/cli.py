@@ -365,6 +365,8 @@ def serve(
     max_queue: int = typer.Option(1024, help="Texts that may wait for the model; beyond that requests get 503."),
     max_texts: int = typer.Option(256, help="Texts per request."),
     max_chars: int = typer.Option(2000, help="Characters per text."),
+    max_padding: float = typer.Option(0.25, help="Split a batch into length-sorted forward passes with at most "
+                                      "this fraction of padded positions (1: one pass, for GPUs)."),
     batching: str = typer.Option("mixed", help="mixed: one forward pass mixes prompts; single: one prompt per "
                                  "pass (the baseline)."),
     read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
@@ -372,12 +374,13 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
-    from .serving.multi import PromptBank, name_runs
+    from .serving.multi import PromptBank, check_max_padding, name_runs
 
     from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              max_texts=max_texts, max_chars=max_chars, batching=batching,
                              allow_changes=not read_only)
+    check_max_padding(max_padding)
     runs = name_runs(run_dirs or [], name or [])
     if threads is not None:
         import torch
@@ -385,7 +388,7 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model)
+    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding)
     console.print(f"loaded {bank.backbone.name} and {len(runs)} prompts ({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
                   highlight=False, soft_wrap=True)

@@ -249,7 +249,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         body = {"status": "ok" if batcher.alive else "model worker stopped", "model": bank.backbone.name,
                 "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "queued_texts": batcher.queued,
                 **stats, "mean_batch": stats["texts"] / stats["batches"] if stats["batches"] else 0.0,
-                "settings": asdict(settings)}
+                "forward_passes": bank.forward_passes,  # batches split by length (--max-padding)
+                "settings": {**asdict(settings), "max_padding": bank.max_padding}}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     return app

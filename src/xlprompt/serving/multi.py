@@ -86,6 +86,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_max_padding(value: float) -> None:
+    if not 0 <= value <= 1:
+        raise XlpromptError(f"max_padding (--max-padding) is a fraction of a pass's positions in [0, 1], got {value}.")
+
+
 def _model_identity(name: str) -> str:
     """What a model name loads: local folders by their real path, hub ids by id (aliases of the offline
     default resolve to the same folder)."""
@@ -119,8 +124,11 @@ class PromptBank:
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, max_padding: float = 0.25):
+        check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
+        self.max_padding = max_padding
+        self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
         self._forward_lock = threading.Lock()  # one forward pass at a time on the shared model
@@ -134,14 +142,16 @@ class PromptBank:
         self._explicit_positions = backbone.kind == "decoder" and "position_ids" in params
 
     @classmethod
-    def from_runs(cls, runs: dict[str, str | Path], model: str | None = None) -> "PromptBank":
+    def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
+                  max_padding: float = 0.25) -> "PromptBank":
         """Load the model once (`model`, else the first run's) and every run onto it."""
+        check_max_padding(max_padding)  # before the model loads
         if not runs and model is None:
             raise XlpromptError("Give at least one run folder, or the model to serve prompts added later.")
         if model is None:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
-        bank = cls(Backbone.load(model))
+        bank = cls(Backbone.load(model), max_padding)
         for name, path in runs.items():
             bank.add(name, path)
         return bank
@@ -225,11 +235,22 @@ class PromptBank:
 
     @torch.inference_mode()
     def forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
-        """Class logits per row (each row's own label count) for rows of any runs of this bank."""
+        """Class logits per row (each row's own label count) for rows of any runs of this bank, in row order.
+
+        Rows are sorted by length and run in as few passes as keep padding within `max_padding`: on a CPU
+        a padded position costs as much as a real one, so one wide pass over texts of mixed lengths is
+        slower than a few narrow ones (a GPU, with `max_padding=1`, runs everything in one pass)."""
         if not entries:
             return []
+        lengths = [len(ids) + e.model.num_slots for e, ids in zip(entries, token_ids)]
+        out: list = [None] * len(entries)
         with self._forward_lock:
-            return self._forward(entries, token_ids)
+            for rows in pack_rows(lengths, self.max_padding):
+                logits = self._forward([entries[r] for r in rows], [token_ids[r] for r in rows])
+                for r, row in zip(rows, logits):
+                    out[r] = row
+                self.forward_passes += 1
+        return out
 
     def _forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
         backbone = self.backbone
@@ -293,6 +314,20 @@ class PromptBank:
             prefix = entry.model.method.prefix_tensor().to(dtype)  # (layers, 2, kv_heads, L, head_dim)
             keys[:, :, rows, :, :prefix.shape[3]] = prefix.unsqueeze(2)
         return [(keys[i, 0], keys[i, 1]) for i in range(layers)]
+
+
+def pack_rows(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Row groups, shortest rows first, each padded to its longest row with at most `max_padding` of its
+    positions being padding (a row alone always makes a group)."""
+    groups, current, real = [], [], 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        width = lengths[i]  # ascending: the newest row is the widest
+        if current and 1 - (real + width) / (width * (len(current) + 1)) > max_padding:
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += width
+    return groups + [current] if current else groups
 
 
 def to_prediction(entry: ServedRun, logits: np.ndarray) -> Prediction:

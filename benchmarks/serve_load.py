@@ -1,0 +1,227 @@
+"""Load test of `xlprompt serve`: throughput and latency with 1, 8 and 32 prompts, mixed vs single batching.
+
+    python benchmarks/serve_load.py --quick                 # a smoke check, a few minutes on 2 busy cores
+    python benchmarks/serve_load.py --out serve_load.json   # the full run
+
+Run folders (real ones, loadable by `xlprompt evaluate`): one base run is trained (SIB-200 English, an input
+prompt of 10, a few shots per class, 1 epoch); the other prompts are new run folders written by `Run.save`
+with that run's trained head and freshly initialised random prompts (seeds 1..N-1) of several kinds and
+lengths (input 1/5/10/20, deep 4/16), so batches mix prompt lengths and methods as a real server's would.
+Prompt values do not change the cost of a forward pass; their kinds and lengths do.
+
+Two servers (`--batching mixed` and `--batching single`) run as child processes on 127.0.0.1, each loaded
+with all prompts; only one is under load at a time. For each prompt count P, `--concurrency` clients send
+requests of `--texts` SIB-200 test sentences (8 languages) with a prompt drawn uniformly from the first P,
+until `--requests` requests were sent or `--seconds` passed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+LANGUAGES = ["eng_Latn", "deu_Latn", "fra_Latn", "zho_Hans", "arb_Arab", "hin_Deva", "swh_Latn", "rus_Cyrl"]
+KINDS = [("input_prompt", 1), ("input_prompt", 5), ("input_prompt", 10), ("input_prompt", 20),
+         ("deep_prompt", 4), ("deep_prompt", 16)]
+
+
+def make_runs(root: Path, count: int, model: str, shots: int) -> dict[str, Path]:
+    """`count` run folders under `root` (kept and reused when they are already there)."""
+    from xlprompt import TrainConfig, fit
+    from xlprompt.models.classifier import build_classifier
+    from xlprompt.prompts.config import DeepPromptConfig, InputPromptConfig
+    from xlprompt.run import Run
+    from xlprompt.tasks import get_task
+
+    names = {f"p{i:02d}": root / f"p{i:02d}" for i in range(count)}
+    if all((path / "run.json").exists() for path in names.values()):
+        return names
+    base_dir = names["p00"]
+    if not (base_dir / "run.json").exists():
+        started = time.perf_counter()
+        config = TrainConfig(task="sib200", model=model, method=InputPromptConfig(length=10), shots=shots,
+                             epochs=1, seed=0)
+        base = fit(config, progress=False)
+        base.save(base_dir)
+        print(f"trained the base run {base_dir} in {time.perf_counter() - started:.0f}s", flush=True)
+    base = Run.load(base_dir)
+    task = get_task("sib200")
+    for i, (name, path) in enumerate(names.items()):
+        if i == 0 or (path / "run.json").exists():
+            continue
+        kind, length = KINDS[i % len(KINDS)]
+        method = InputPromptConfig(length=length) if kind == "input_prompt" else DeepPromptConfig(length=length)
+        config = TrainConfig(task="sib200", model=model, method=method, shots=shots, epochs=1, seed=i)
+        model_i = build_classifier(config, task, backbone=base.model.backbone)
+        model_i.head.load_state_dict(base.model.head.state_dict())
+        Run(config=config, model=model_i, info={"note": f"random {kind} of length {length} (seed {i}) on the "
+                                                        f"trained head of {base_dir}"}).save(path)
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(runs: dict[str, Path], batching: str, args, log) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "xlprompt.cli", "serve", "--port", str(port), "--batching", batching,
+               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--max-padding", str(args.max_padding), "--threads", str(args.threads), "--log-level", "warning"]
+    for name, path in runs.items():
+        command += ["--name", f"{name}={path}"]
+    process = subprocess.Popen(command, stdout=log, stderr=log)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, url: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}; see the log")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not answer within 300 s")
+
+
+async def load(url: str, names: list[str], texts: list[str], args, seed: int) -> dict:
+    """Closed loop: `concurrency` clients, each sending its next request when the last one is answered."""
+    rng = random.Random(seed)
+    plan = [(rng.choice(names), rng.sample(range(len(texts)), args.texts)) for _ in range(args.requests)]
+    latencies, failures, next_request = [], {}, 0
+    deadline = time.monotonic() + args.seconds
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        async def client_loop():
+            nonlocal next_request
+            while next_request < len(plan) and time.monotonic() < deadline:
+                name, picked = plan[next_request]
+                next_request += 1
+                sent = time.perf_counter()
+                r = await client.post("/classify", json={"prompt": name, "texts": [texts[i] for i in picked]})
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    failures[r.status_code] = failures.get(r.status_code, 0) + 1
+
+        before = (await client.get("/health")).json()
+        started = time.perf_counter()
+        await asyncio.gather(*[client_loop() for _ in range(args.concurrency)])
+        seconds = time.perf_counter() - started
+        after = (await client.get("/health")).json()
+    batches = after["batches"] - before["batches"]
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "texts": len(latencies) * args.texts, "seconds": seconds,
+            "texts_per_second": len(latencies) * args.texts / seconds if seconds else 0.0,
+            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+            "batches": batches, "forward_passes": after["forward_passes"] - before["forward_passes"],
+            "mean_batch": (after["texts"] - before["texts"]) / batches if batches else 0.0,
+            "failures": failures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and seconds: a smoke check")
+    parser.add_argument("--model", default="multilingual-e5-small")
+    parser.add_argument("--prompts", default="1,8,32", help="prompt counts to measure")
+    parser.add_argument("--requests", type=int, help="requests per measurement (default 400, quick 48)")
+    parser.add_argument("--seconds", type=float, help="time cap per measurement (default 120, quick 20)")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients sending at once")
+    parser.add_argument("--texts", type=int, default=4, help="texts per request")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--max-padding", type=float, default=0.25, help="the server's --max-padding")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--shots", type=int, default=8, help="shots per class of the trained base run")
+    parser.add_argument("--runs-dir", type=Path, help="keep (and reuse) the run folders here")
+    parser.add_argument("--out", type=Path, default=Path("serve_load.json"))
+    args = parser.parse_args()
+    args.requests = args.requests or (48 if args.quick else 400)
+    args.seconds = args.seconds or (20.0 if args.quick else 120.0)
+    counts = [int(c) for c in args.prompts.split(",")]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    started = time.perf_counter()
+    root = args.runs_dir or Path(tempfile.mkdtemp(prefix="xlprompt-serve-load-"))
+    root.mkdir(parents=True, exist_ok=True)
+    runs = make_runs(root, max(counts), args.model, args.shots)
+    from xlprompt.tasks import get_task
+
+    sib = get_task("sib200")
+    texts = [t for lang in LANGUAGES for t in sib.load("test", lang)["text"].tolist()]
+
+    log_path = args.out.with_suffix(".log")
+    servers = {}
+    with open(log_path, "w") as log:
+        try:
+            for mode in ("mixed", "single"):
+                servers[mode] = start_server(runs, mode, args, log)
+            for mode, (process, url) in servers.items():
+                wait_ready(process, url)
+                asyncio.run(load(url, list(runs)[:1], texts, argparse.Namespace(**{**vars(args), "requests": 8}), 0))
+            results = []
+            for count in counts:
+                names = list(runs)[:count]
+                row = {"prompts": count}
+                for mode, (_, url) in servers.items():
+                    row[mode] = asyncio.run(load(url, names, texts, args, seed=count))
+                    print(f"{count} prompts, {mode}: {row[mode]['texts_per_second']:.1f} texts/s", flush=True)
+                row["throughput_ratio"] = (row["mixed"]["texts_per_second"] / row["single"]["texts_per_second"]
+                                           if row["single"]["texts_per_second"] else None)
+                results.append(row)
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(30)
+
+    print_table(results)
+    report = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "runs": "p00 trained (sib200, input prompt 10, 1 epoch); others: its head with random prompts "
+                      f"cycling {KINDS}",
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+              "seconds": time.perf_counter() - started, "results": results}
+    from xlprompt.io import write_json
+
+    write_json(args.out, report)
+    print(f"wrote {args.out} · {report['seconds']:.0f}s · load average {os.getloadavg()[0]:.1f} · "
+          f"server log {log_path}")
+    if args.runs_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def print_table(results: list[dict]) -> None:
+    head = (f"{'prompts':>7} | {'batching':>8} | {'texts/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | "
+            f"{'mean batch':>10} | {'passes':>6} | {'requests':>8} | {'failed':>6} | mixed/single")
+    print(head)
+    print("-" * len(head))
+    for row in results:
+        for mode in ("mixed", "single"):
+            m = row[mode]
+            ratio = f"{row['throughput_ratio']:.2f}x" if mode == "mixed" and row["throughput_ratio"] else ""
+            print(f"{row['prompts']:>7} | {mode:>8} | {m['texts_per_second']:>8.1f} | {m['p50_ms'] or 0:>8.0f} | "
+                  f"{m['p99_ms'] or 0:>8.0f} | {m['mean_batch']:>10.1f} | {m['forward_passes']:>6} | {m['requests']:>8} | "
+                  f"{sum(m['failures'].values()):>6} | {ratio}")
+
+
+if __name__ == "__main__":
+    main()
