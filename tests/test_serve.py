@@ -146,6 +146,12 @@ def test_bad_requests_get_clear_errors(server):
             assert message in r.json()["error"], (body, r.json())
         r = client.post("/classify", content=b'{"prompt": "p1", "texts": [', headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        r = client.post("/classify", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        # `curl -d` labels JSON as a form: the body is still read as JSON
+        r = client.post("/classify", content=json.dumps({"prompt": "p1", "texts": ["alpha"]}),
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200 and r.json()["prompt"] == "p1"
         r = client.post("/classify", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
         assert r.status_code == 413 and "request body exceeds" in r.json()["error"]
         r = client.get("/nowhere")

@@ -7,6 +7,7 @@ before anything reaches the model, and a failing batch fails only the requests i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import BaseModel, ConfigDict, ValidationError
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -68,6 +69,11 @@ class AddPromptRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     name: str
     path: str
+
+
+def _schema(model) -> dict:
+    """The request body in /docs, since the handlers parse it themselves."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def fail(status: int, message: str):
@@ -133,15 +139,25 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "the request body is not valid JSON."
+def _error_list(errors) -> str:
     parts = []
     for e in errors[:10]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return 422, "; ".join(parts)
+    return "; ".join(parts)
+
+
+async def parse(request: Request, model):
+    """The body as `model`, whatever the Content-Type says: `curl -d` sends JSON labelled as a form, and
+    a JSON API should not answer that with a puzzle."""
+    try:
+        data = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        fail(400, "the request body is not valid JSON.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fail(422, _error_list(exc.errors()))
 
 
 def create_app(bank: PromptBank, settings: ServeSettings | None = None):
@@ -167,9 +183,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        status, message = _validation_message(exc)
-        return JSONResponse({"error": message}, status_code=status)
+    async def invalid(request: Request, exc: RequestValidationError):  # path parameters
+        return JSONResponse({"error": _error_list(exc.errors())}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -182,8 +197,9 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         except KeyError as exc:
             fail(404, exc.args[0])
 
-    @app.post("/classify")
-    async def classify(req: ClassifyRequest):
+    @app.post("/classify", openapi_extra=_schema(ClassifyRequest))
+    async def classify(request: Request):
+        req = await parse(request, ClassifyRequest)
         check_texts(req, settings)
         entry = lookup(req.prompt)
         ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
@@ -219,10 +235,11 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
     async def prompts():
         return {"prompts": [r.info() for r in bank.runs()]}
 
-    @app.post("/prompts", status_code=201)
-    async def add_prompt(req: AddPromptRequest):
+    @app.post("/prompts", status_code=201, openapi_extra=_schema(AddPromptRequest))
+    async def add_prompt(request: Request):
         if not settings.allow_changes:
             fail(403, "this server was started with --read-only: prompts cannot be added.")
+        req = await parse(request, AddPromptRequest)
         try:
             entry = await run_in_threadpool(bank.add, req.name, req.path)
         except DuplicateName as exc:

@@ -87,6 +87,8 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise Closed("the server is shutting down")
+            if self._thread.ident is not None and not self._thread.is_alive():
+                raise Closed("the model worker stopped (see the server log): restart the server")
             if self._queued + len(job) > self.max_queue:
                 raise QueueFull(f"the server is busy: {self._queued} texts are queued and this request adds "
                                 f"{len(job)} (at most {self.max_queue} may wait); retry shortly")
