@@ -189,6 +189,13 @@ def test_hot_add_and_remove(server, folders, expected, tmp_path):
         assert r.status_code == 409 and "already loaded" in r.json()["error"]
         r = client.post("/prompts", json={"name": "ghost", "path": str(tmp_path / "missing")})
         assert r.status_code == 400 and "not a complete xlprompt run folder" in r.json()["error"]
+        corrupt = tmp_path / "corrupt"
+        corrupt.mkdir()
+        for f in folders["p1"].iterdir():
+            (corrupt / f.name).write_bytes(f.read_bytes())
+        (corrupt / "head.safetensors").write_bytes(b"not tensors")
+        r = client.post("/prompts", json={"name": "corrupt", "path": str(corrupt)})
+        assert r.status_code == 400 and "could not be loaded" in r.json()["error"]
         r = client.post("/prompts", json={"name": "bad/name", "path": str(folders["p1"])})
         assert r.status_code == 400 and "not usable" in r.json()["error"]
         r = client.post("/prompts", json={"name": "x"})

@@ -220,10 +220,11 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         except asyncio.CancelledError:  # the client left: its rows not yet in a batch are skipped
             job.cancelled = True
             raise
+        if isinstance(job.error, Closed):
+            fail(503, str(job.error))
         if job.error is not None:
-            status = 503 if isinstance(job.error, Closed) else 500
-            fail(status, f"the model failed on the batch holding this request: {type(job.error).__name__}: "
-                         f"{job.error}")
+            fail(500, f"the model failed on the batch holding this request: {type(job.error).__name__}: "
+                      f"{job.error}")
         predictions = [to_prediction(entry, row) for row in job.logits]
         if not all(math.isfinite(s) for p in predictions for s in p.logits):
             fail(500, "the model returned non-finite scores for this request.")

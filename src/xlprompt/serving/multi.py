@@ -8,6 +8,7 @@ values it sees (deep prompts; shorter prefixes are padded and masked out), and w
 """
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,10 @@ def read_servable_config(run_dir: Path) -> TrainConfig:
     if not (run_dir / "run.json").exists():
         hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
         raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}).")
-    config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
+    try:
+        config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
+    except (OSError, ValueError) as exc:
+        raise XlpromptError(f"{run_dir}/config.json cannot be read ({exc}): the run folder is damaged.") from exc
     if not config.freeze_model or config.method.trains_backbone:
         raise XlpromptError(f"{run_dir} trained the model's own weights ({config.method.type}, freeze_model="
                             f"{config.freeze_model}): its model differs from the shared frozen one, so it cannot "
@@ -136,8 +140,6 @@ class PromptBank:
         self._identity = None
         # decoders number text positions after their prefix; rows with different prefix lengths need
         # explicit positions (BLOOM takes none: its ALiBi positions come from the mask, which is exact)
-        import inspect
-
         params = inspect.signature(backbone.body.forward).parameters
         self._explicit_positions = backbone.kind == "decoder" and "position_ids" in params
 
@@ -184,7 +186,12 @@ class PromptBank:
         run_dir = Path(run_dir).expanduser()
         config = read_servable_config(run_dir)
         self._check_model(config.model, run_dir)
-        run = Run.load(run_dir, backbone=self.backbone)
+        try:
+            run = Run.load(run_dir, backbone=self.backbone)
+        except XlpromptError:
+            raise
+        except Exception as exc:  # unreadable tensors, shapes that do not fit this model
+            raise XlpromptError(f"{run_dir} could not be loaded: {type(exc).__name__}: {exc}") from exc
         entry = ServedRun(name, run_dir.resolve(), run, tuple(run.model_label_names()), run.model.collator(),
                           self._tokenizer_lock)
         with self._lock:
