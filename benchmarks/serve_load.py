@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -150,7 +149,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=4, help="texts per request")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
-    parser.add_argument("--max-padding", type=float, default=0.25, help="the server's --max-padding")
+    parser.add_argument("--max-padding", type=float, default=0.1, help="the server's --max-padding")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--shots", type=int, default=8, help="shots per class of the trained base run")
     parser.add_argument("--runs-dir", type=Path, help="keep (and reuse) the run folders here")

@@ -17,7 +17,7 @@ from xlprompt.collate import encode_texts
 from xlprompt.evaluation import predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.serving import PromptBank
-from xlprompt.serving.app import ServeSettings, create_app, make_server
+from xlprompt.serving.app import ServeSettings, make_server
 from xlprompt.serving.batcher import Batcher, Job, QueueFull
 
 from serving_runs import TEXTS, register_toy3, train_runs
@@ -100,7 +100,7 @@ def test_classify_prompts_health(server, expected):
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["prompts"] == len(SERVED) and health["batches"] >= 1
         assert health["model_kind"] == "encoder" and health["settings"]["batching"] == "mixed"
-        assert health["forward_passes"] >= health["batches"] and health["settings"]["max_padding"] == 0.25
+        assert health["forward_passes"] >= health["batches"] and health["settings"]["max_padding"] == 0.1
 
 
 def test_concurrent_clients_each_get_their_results(server, expected):

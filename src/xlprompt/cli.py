@@ -365,7 +365,7 @@ def serve(
     max_queue: int = typer.Option(1024, help="Texts that may wait for the model; beyond that requests get 503."),
     max_texts: int = typer.Option(256, help="Texts per request."),
     max_chars: int = typer.Option(2000, help="Characters per text."),
-    max_padding: float = typer.Option(0.25, help="Split a batch into length-sorted forward passes with at most "
+    max_padding: float = typer.Option(0.1, help="Split a batch into length-sorted forward passes with at most "
                                       "this fraction of padded positions (1: one pass, for GPUs)."),
     batching: str = typer.Option("mixed", help="mixed: one forward pass mixes prompts; single: one prompt per "
                                  "pass (the baseline)."),

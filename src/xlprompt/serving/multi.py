@@ -128,7 +128,7 @@ class PromptBank:
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
     """
 
-    def __init__(self, backbone: Backbone, max_padding: float = 0.25):
+    def __init__(self, backbone: Backbone, max_padding: float = 0.1):
         check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
         self.max_padding = max_padding
@@ -145,7 +145,7 @@ class PromptBank:
 
     @classmethod
     def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
-                  max_padding: float = 0.25) -> "PromptBank":
+                  max_padding: float = 0.1) -> "PromptBank":
         """Load the model once (`model`, else the first run's) and every run onto it."""
         check_max_padding(max_padding)  # before the model loads
         if not runs and model is None:
