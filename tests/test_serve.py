@@ -132,6 +132,7 @@ def test_bad_requests_get_clear_errors(server):
         ({"prompt": "p1", "texts": ["alpha"] * 9}, 413, "9 texts in one request; at most 8"),
         ({"prompt": "p1", "texts": ["alpha", too_long]}, 413, "texts[1] has 240 characters; at most 200"),
         ({"prompt": "p1", "texts": ["alpha"], "text_pairs": ["a", "b"]}, 400, "text_pairs has 2 entries"),
+        ({"prompt": "p1", "texts": ["alpha"], "text_pairs": ["beta"]}, 400, "takes single texts, not text_pairs"),
         ({"prompt": "p1", "texts": "alpha"}, 422, "texts: Input should be a valid list"),
         ({"prompt": "p1", "texts": ["alpha", 5]}, 422, "texts.1: Input should be a valid string"),
         ({"prompt": 5, "texts": ["alpha"]}, 422, "prompt: Input should be a valid string"),

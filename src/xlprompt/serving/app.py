@@ -202,7 +202,10 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         req = await parse(request, ClassifyRequest)
         check_texts(req, settings)
         entry = lookup(req.prompt)
-        ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
+        try:
+            ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
+        except XlpromptError as exc:
+            fail(400, str(exc))
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
 

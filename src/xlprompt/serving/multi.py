@@ -64,14 +64,24 @@ class ServedRun:
         method = self.model.method
         return method.config.length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
 
+    @property
+    def takes_pairs(self) -> bool:
+        from ..tasks.custom import get_task_for
+
+        return get_task_for(self.run.config).pairs
+
     def info(self) -> dict:
         config = self.run.config
-        return {"name": self.name, "path": str(self.path), "task": config.task,
+        return {"name": self.name, "path": str(self.path), "task": config.task, "pairs": self.takes_pairs,
                 "labels": list(self.label_names), "method": self.method_name,
                 "prompt_length": self.prompt_length, "model": config.model, "max_length": config.max_length}
 
     def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> list[list[int]]:
         """Token ids as this run reads them (its tokenizer settings and its own max_length)."""
+        if self.takes_pairs != (text_pairs is not None):
+            need = "needs text_pairs (one second text per text)" if self.takes_pairs else \
+                "takes single texts, not text_pairs"
+            raise XlpromptError(f"Prompt {self.name!r} is a {self.run.config.task} run: it {need}.")
         tokenizer = self.model.backbone.tokenizer
         with self.tokenizer_lock:
             return encode_texts(tokenizer, texts, [0] * len(texts), self.run.config.max_length, text_pairs).token_ids

@@ -27,6 +27,7 @@ class Task:
     # label words for verbalizer heads, per model family (PRODUCT.md); xglm's list is the generic default
     label_words: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
+    pairs: bool = False  # each example is two texts (premise/hypothesis, sentence 1/2)
 
     @property
     def num_labels(self) -> int:

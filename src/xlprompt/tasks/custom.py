@@ -63,6 +63,7 @@ def custom_task(config) -> Task:
         languages=lambda data_dir=None: custom_languages(spec, data_dir),
         train_language=language,
         format=KIND_FORMATS[spec.kind],
+        pairs=bool(spec.text_pair_column),
         description=f"own data {spec.path} ({spec.kind}; {columns}); labels from the {language} training rows: "
                     f"{', '.join(names)}",
     )

@@ -8,6 +8,7 @@ PAWSX_TASK = register_task(Task(
     load=lambda split, language, data_dir=None: load_pairs(PAWSX, split, language, data_dir),
     languages=lambda data_dir=None: pair_languages(PAWSX, data_dir),
     train_language="en",
+    pairs=True,
     label_words={"xglm": ["no", "yes"]},  # "are these paraphrases?"
     description="PAWS-X paraphrase identification, 2 labels (different, paraphrase), 7 languages, 'NS' "
                 "placeholder pairs dropped. Training data: offline, English PAWS-X dev (2,000 pairs; PAWS-Wiki "

@@ -8,6 +8,7 @@ XNLI_TASK = register_task(Task(
     load=lambda split, language, data_dir=None: load_pairs(XNLI, split, language, data_dir),
     languages=lambda data_dir=None: pair_languages(XNLI, data_dir),
     train_language="en",
+    pairs=True,
     # the pair is read as "premise? hypothesis" -> yes / maybe / no, the usual NLI verbalizer
     label_words={"xglm": ["yes", "maybe", "no"]},
     description="XNLI natural language inference, 3 labels, 15 languages, scored on test (5,010 pairs each). "
