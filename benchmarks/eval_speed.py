@@ -122,10 +122,14 @@ def child(spec: dict) -> dict:
 
 
 def budget_sweep(run, task, spec) -> dict:
-    """Forward-only tokens/s per batching policy on the same rows and threads, rounds in alternating order."""
+    """Batching policies, split into the two things they decide. Padding: exact, from the lengths of
+    every language pooled (as evaluate() pools them). Cost per padded token: forward passes over an
+    evenly spaced subset of those rows (every k-th by length, so batch shapes match the full set), same
+    threads for all, rounds in alternating order; the best round counts. Real tokens/s = padded tokens/s x
+    (1 - padding share)."""
     import torch
 
-    from xlprompt.collate import Encoded
+    from xlprompt.collate import Encoded, length_sorted_batches
     from xlprompt.evaluation import predict_outputs
     from xlprompt.inference import thread_candidates
     from xlprompt.token_cache import TokenCache
@@ -133,22 +137,29 @@ def budget_sweep(run, task, spec) -> dict:
     cache = TokenCache(spec["cache"])
     enc = Encoded.concat([cache.encode(task, run.model.backbone.tokenizer, task.load("test", c, None),
                                        run.config.max_length) for c in spec["langs"]])
+    lengths = [n + run.model.num_slots + 1 for n in enc.lengths()]
+    order = sorted(range(len(enc)), key=lambda i: lengths[i])
+    rows = order[::max(1, len(order) // spec["rows"])]
+    subset = Encoded([enc.token_ids[i] for i in rows], [enc.labels[i] for i in rows])
     threads = thread_candidates()[1]
     torch.set_num_threads(threads)
     policies = [("64 rows", 64, None)] + [(f"{b} tokens", None, b) for b in BUDGETS]
-    rows: dict = {name: [] for name, _, _ in policies}
-    predict_outputs(run.model, Encoded(enc.token_ids[:64], enc.labels[:64]), 64, None)  # one-off setup, untimed
+    runs: dict = {name: [] for name, _, _ in policies}
+    predict_outputs(run.model, Encoded(subset.token_ids[:64], subset.labels[:64]), 64, None)  # one-off setup
     for r in range(spec["rounds"]):
         for name, size, budget in (policies if r % 2 == 0 else policies[::-1]):
             stats: dict = {}
-            predict_outputs(run.model, enc, size, budget, stats=stats)
-            rows[name].append(stats)
+            predict_outputs(run.model, subset, size, budget, stats=stats)
+            runs[name].append(stats["padded_tokens"] / stats["forward"])
     summary = {}
-    for name, runs in rows.items():
-        best = max(runs, key=lambda s: s["tokens"] / s["forward"])
-        summary[name] = {"tokens_per_second": best["tokens"] / best["forward"], "batches": best["batches"],
-                         "padding_share": 1 - best["tokens"] / best["padded_tokens"]}
-    return {"threads": threads, "budgets": summary, "eval_peak_rss_mb": rss_mb("VmHWM")}
+    for name, size, budget in policies:
+        batches = length_sorted_batches(lengths, size or len(lengths), budget)
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        share = 1 - sum(lengths) / padded
+        summary[name] = {"padded_tokens_per_second": max(runs[name]), "rounds": runs[name], "batches": len(batches),
+                         "padding_share": share, "tokens_per_second": max(runs[name]) * (1 - share)}
+    return {"threads": threads, "rows_measured": len(rows), "rows_all": len(enc), "budgets": summary,
+            "eval_peak_rss_mb": rss_mb("VmHWM")}
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -217,7 +228,9 @@ def main(argv=None) -> None:
     ap.add_argument("--langs", help="comma list: the comparison sample instead (smoke tests)")
     ap.add_argument("--full", default="all fp32,all int8", help="configurations also run on all languages ('' for none)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="configurations compared on the sample")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the token-budget sweep")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the batching-policy sweep")
+    ap.add_argument("--budget-rows", type=int, default=800, help="rows timed per batching policy")
+    ap.add_argument("--only-budgets", action="store_true", help="run the batching-policy sweep alone")
     ap.add_argument("--out", help="write every measurement as JSON (atomic)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -246,15 +259,16 @@ def main(argv=None) -> None:
           f"{sum(c['sentences'] for c in counts.values()):,} sentences)", flush=True)
     print(f"  sample ({len(sample)}): {','.join(sample)}", flush=True)
 
-    budgets = run_child({"name": "budgets", "mode": "budgets", "run": run_dir, "langs": sample, "cache": cache,
-                         "rounds": args.rounds}, log)
-    print(f"  token budget sweep ({budgets['threads']} threads, best of {args.rounds} rounds, forward only):")
+    budgets = run_child({"name": "budgets", "mode": "budgets", "run": run_dir, "langs": everything, "cache": cache,
+                         "rounds": args.rounds, "rows": args.budget_rows}, log)
+    print(f"  batching policies: padding over all {budgets['rows_all']:,} rows; cost per padded token from "
+          f"{budgets['rows_measured']} evenly spaced rows, {budgets['threads']} thread(s), best of {args.rounds} rounds:")
     for name, b in budgets["budgets"].items():
-        print(f"    {name:13s} {b['tokens_per_second']:7.0f} tokens/s  {b['batches']:4d} batches  "
-              f"padding {100 * b['padding_share']:5.1f}%", flush=True)
+        print(f"    {name:13s} {b['batches']:5d} batches  padding {100 * b['padding_share']:5.2f}%  "
+              f"{b['padded_tokens_per_second']:6.0f} padded tok/s  -> {b['tokens_per_second']:6.0f} tok/s", flush=True)
 
-    plan = [(name, sample) for name in args.configs.split(",") if name]
-    if not args.quick:
+    plan = [] if args.only_budgets else [(name, sample) for name in args.configs.split(",") if name]
+    if not args.quick and not args.only_budgets:
         plan += [(name, everything) for name in args.full.split(",") if name]
     results = []
     for name, langs in plan:

@@ -250,3 +250,31 @@ def test_run_folder_records_training_speed(tiny_model_dir, toy_task, tmp_path):
     curve = json.loads((tmp_path / "run" / "curve.json").read_text())
     assert all(c["train_examples_per_second"] >= c["examples_per_second"] for c in curve)  # no dev eval in it
     assert load(tmp_path / "run").info["speed"] == speed
+
+
+def test_autocast_path_runs_and_warns_on_cpu(tiny_model_dir, toy_task):
+    run = fit(toy_config(tiny_model_dir("xlm-roberta")), progress=False)
+    with pytest.warns(UserWarning, match="meant for GPUs"):
+        results = evaluate(run, "eng_Latn", progress=False, precision="bf16", threads=1, token_cache=False)
+    assert results["speed"]["precision"]["used"] == "bf16" and 0 <= results["mean"]["accuracy"] <= 1
+
+
+def test_cli_evaluate_speed_flags(tiny_model_dir, toy_task, tmp_path):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--task", "toy", "--model", str(tiny_model_dir("bert")), "--prompt-length",
+                              "2", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0 and "train ex/s" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["evaluate", str(out), "--threads", "1", "--precision", "int8", "--max-tokens", "0",
+                              "--batch-size", "16", "--no-token-cache", "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    speed = json.loads((tmp_path / "r.json").read_text())["speed"]
+    assert speed["precision"]["used"] == "int8" and speed["batching"] == {"max_tokens": None, "batch_size": 16}
+    assert speed["threads"]["final"] == 1 and speed["token_cache"] is None
+    for bad in (["--max-tokens", "0"], ["--threads", "many"], ["--precision", "int4"]):
+        res = runner.invoke(app, ["evaluate", str(out), *bad])
+        assert res.exit_code == 2 and "error" in res.output, (bad, res.output)

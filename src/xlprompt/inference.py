@@ -1,7 +1,7 @@
 """Speed settings of inference: torch threads, int8 dynamic quantization (CPU), autocast (GPU).
 
 Threads. On 2 cores that other jobs keep busy, OpenMP threads spin at every barrier waiting for a thread
-the OS has descheduled: evaluation measured 1.7x slower with 2 threads than with 1 (a training step
+the OS has descheduled: evaluation measured 1.3-4x slower with 2 threads than with 1 (a training step
 up to 20x), while on idle cores 2 threads are faster. No static rule gets both cases right, so "auto" measures:
 `ThreadTuner` runs a probe batch with each candidate count (1, the idle cores seen in /proc/stat,
 torch's default), keeps the fastest in padded tokens/s, and probes again later because the other jobs come and go. The

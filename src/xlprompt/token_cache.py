@@ -1,7 +1,7 @@
 """Tokenized datasets kept on disk and in memory, so each dataset is tokenized once for every run and prompt.
 
-Tokenizing SIB-200's 205 test sets takes ~20 s of a 2-core machine's time, which is
-repeated for every run and prompt that is evaluated. An entry's key is a sha256 over the cache format version, the tokenizer
+Tokenizing SIB-200's 205 test sets took 6-23 s on a busy 2-core machine, and every run and prompt
+evaluated paid it again. An entry's key is a sha256 over the cache format version, the tokenizer
 (its tokenizer.json, or vocabulary for slow tokenizers, plus special tokens and truncation side), the
 `tokenizers`/`transformers` versions, the task (name, format class and the format's settings),
 `max_length` and the data frame's content. Any change is a different key, so nothing is invalidated by hand.
