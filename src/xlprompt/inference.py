@@ -40,8 +40,8 @@ def available_cores() -> int:
 
 
 def idle_cores(sample_seconds: float = 0.2) -> float:
-    """Cores idle over a short window (/proc/stat), while this process sleeps; the 1-minute load average
-    where /proc/stat is missing. The load average lags by a minute and counts this process too, so it is only the fallback."""
+    """Cores idle over a short window of /proc/stat, sampled while this process sleeps. Where /proc/stat
+    is missing, the 1-minute load average stands in: it lags and counts this process too."""
     cores = available_cores()
 
     def snapshot():
