@@ -120,3 +120,15 @@ def _register_toy():
 @pytest.fixture(scope="session")
 def toy_task():
     return _register_toy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache_in_tmp(tmp_path_factory):
+    """Evaluation caches tokenized datasets on disk: keep the tests' entries out of the user's cache."""
+    old = os.environ.get("XLPROMPT_TOKEN_CACHE")
+    os.environ["XLPROMPT_TOKEN_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XLPROMPT_TOKEN_CACHE", None)
+    else:
+        os.environ["XLPROMPT_TOKEN_CACHE"] = old

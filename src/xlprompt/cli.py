@@ -119,8 +119,10 @@ def train(
     run.save(out)
     best = run.curve[run.info["best_epoch"] - 1]
     scores = " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best.items() if k.startswith("dev_"))
+    speed = run.info["speed"]
     console.print(f"saved run to [bold]{out}[/] · best epoch {run.info['best_epoch']} · {scores} · "
-                  f"{run.info['train_seconds']:.0f}s")
+                  f"{run.info['train_seconds']:.0f}s · {speed['train_examples_per_second']:.1f} train ex/s "
+                  f"(median {speed['step_seconds_median']:.3f} s/step)")
     if evaluate_langs:
         _evaluate_and_show(run, evaluate_langs, out / "results.json", None, "accuracy")
 
@@ -146,19 +148,52 @@ def evaluate(
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the task's test split)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
     sort: str = typer.Option("accuracy", help="Sort the table by a metric or 'language'."),
+    max_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch (rows x longest row; default "
+                                             "evaluation.DEFAULT_MAX_TOKENS); 0: no budget."),
+    batch_size: Optional[int] = typer.Option(None, help="Most rows per batch (default: only the token budget). "
+                                             "--batch-size 64 --max-tokens 0 is the old fixed policy."),
+    token_cache: bool = typer.Option(True, "--token-cache/--no-token-cache",
+                                     help="Reuse tokenized datasets (env XLPROMPT_TOKEN_CACHE names the folder)."),
+    threads: str = typer.Option("auto", help="torch threads: auto (measured on the first batches, re-checked) "
+                                "or a number."),
+    precision: str = typer.Option("auto", help="auto | fp32 | int8 (CPU, frozen backbone only) | bf16 | fp16 "
+                                  "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
 ):
     """Zero-shot evaluation of a run on many languages."""
     from .evaluation import evaluate as _evaluate
     from .evaluation import results_table, write_results
     from .run import Run
 
+    speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
     run = Run.load(run_dir)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
-    results = _evaluate(run, langs, split=split, data_dir=data)
+    results = _evaluate(run, langs, split=split, data_dir=data, **speed)
     console.print(results_table(results, sort_by=sort))
+    s = results["speed"]
+    console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
+                  f"in the model) · precision {s['precision']['used']} · threads {s['threads']['final']} · "
+                  f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     target = out or (run_dir / "results.json")
     write_results(results, target)
     console.print(f"wrote {target}")
+
+
+def _speed_options(max_tokens, batch_size, token_cache, threads, precision) -> dict:
+    from .inference import PRECISIONS
+
+    if (max_tokens is not None and max_tokens < 0) or (batch_size is not None and batch_size < 1):
+        raise XlpromptError("--max-tokens must be >= 0 and --batch-size >= 1.")
+    if max_tokens == 0 and batch_size is None:
+        raise XlpromptError("--max-tokens 0 drops the token budget: give --batch-size too.")
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise XlpromptError(f"--threads takes auto or a number >= 1, got {threads!r}.")
+    if precision not in PRECISIONS:
+        raise XlpromptError(f"--precision takes one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    out = {"batch_size": batch_size, "token_cache": token_cache,
+           "threads": threads if threads == "auto" else int(threads), "precision": precision}
+    if max_tokens is not None:
+        out["max_tokens"] = max_tokens or None
+    return out
 
 
 @app.command()

@@ -1,4 +1,13 @@
-"""Zero-shot evaluation over many languages: batched across languages, length-sorted, inference mode."""
+"""Zero-shot evaluation over many languages: batched across languages, length-sorted, inference mode.
+
+Speed (see benchmarks/README.md for the measurements behind each default):
+- batches: all languages' rows pooled, sorted by length, cut when a batch's padded size rows x width
+  would pass `max_tokens` (a token budget, so short sentences make wide batches and long ones narrow
+  ones); `batch_size` adds a cap on rows (`batch_size=64, max_tokens=None` is the old fixed policy);
+- `token_cache`: each dataset is tokenized once per tokenizer/task/max_length/data and reused (token_cache.py);
+- `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
+- `precision`: "auto" = int8 dynamic quantization of the frozen backbone on CPU, fp32 elsewhere.
+"""
 from __future__ import annotations
 
 import math
@@ -15,30 +24,62 @@ from .models.heads import head_loss
 from .progress import progress_bar
 from .tasks.custom import get_task_for
 
+# benchmarks/README.md: budgets of 1024-4096 padded tokens ran within 5% of each other, 8192/16384 10-13%
+# slower than 2048; with few rows (a handful of languages) a smaller budget also pads less
+DEFAULT_MAX_TOKENS = 2048
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
 
 @torch.inference_mode()
-def predict_outputs(model, encoded: Encoded, batch_size: int = 64, max_tokens: int = 16384,
-                    progress: bool = False, description: str = "evaluating", with_loss: bool = False):
+def predict_outputs(model, encoded: Encoded, batch_size: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                    progress: bool = False, description: str = "evaluating", with_loss: bool = False,
+                    tuner=None, stats: dict | None = None):
     """The model's output for every encoded row, in row order: (labels,) for sentence classification,
     (tokens, labels) for tagging, (2, tokens) for spans; padding beyond the row's tokens is cut.
-    With `with_loss`, also the mean training loss over all targets: (outputs, loss)."""
+    With `with_loss`, also the mean training loss over all targets: (outputs, loss).
+    `tuner` (inference.ThreadTuner) picks threads per batch; `stats` receives timings and token counts."""
+    if batch_size is None and max_tokens is None:
+        raise ValueError("give batch_size, max_tokens or both")
     model.eval()
+    device = _device(model)
     collate = model.collator()
     lengths = [n + model.num_slots + 1 for n in encoded.lengths()]
     out: list = [None] * len(encoded)
     loss_sum, targets = 0.0, 0
+    timing = {"collate": 0.0, "forward": 0.0, "tokens": 0, "padded_tokens": 0, "batches": 0}
+    batches = length_sorted_batches(lengths, batch_size or len(encoded) or 1, max_tokens)
     with progress_bar(progress) as bar:
         tid = bar.add_task(description, total=len(encoded), info="")
-        for rows in length_sorted_batches(lengths, batch_size, max_tokens):
+        for rows in batches:
+            t0 = time.perf_counter()
             batch = collate(encoded, rows)
+            if device.type != "cpu":
+                batch.__dict__.update({k: v.to(device) for k, v in vars(batch).items()})
+            t1 = time.perf_counter()
+            if tuner is not None:
+                tuner.before()
             logits = model(batch)
             if with_loss:
-                loss_sum += head_loss(logits, batch.labels, reduction="sum").item()
+                loss_sum += head_loss(logits.float(), batch.labels, reduction="sum").item()
                 targets += int((batch.labels != -100).sum())
-            result = logits.float().numpy()
+            result = logits.float().cpu().numpy()
+            t2 = time.perf_counter()
+            padded = batch.input_ids.numel()
+            if tuner is not None:
+                tuner.after(padded, t2 - t1)
+            timing["collate"] += t1 - t0
+            timing["forward"] += t2 - t1
+            timing["padded_tokens"] += padded
+            timing["tokens"] += int(batch.attention_mask.sum())
+            timing["batches"] += 1
             for r, row in enumerate(rows):
                 out[row] = trim_output(result[r], len(encoded.token_ids[row]), result.ndim)
-            bar.update(tid, advance=len(rows))
+            bar.update(tid, advance=len(rows), info=f"{timing['tokens'] / max(timing['forward'], 1e-9):.0f} tok/s")
+    if stats is not None:
+        stats.update(timing)
     return (out, loss_sum / max(targets, 1)) if with_loss else out
 
 
@@ -50,7 +91,7 @@ def trim_output(row: np.ndarray, n_tokens: int, batch_ndim: int) -> np.ndarray:
     return row[:n_tokens]     # tags: (tokens, labels)
 
 
-def predict_encoded(model, encoded: Encoded, batch_size: int = 64, **kwargs) -> np.ndarray:
+def predict_encoded(model, encoded: Encoded, batch_size: int | None = 64, **kwargs) -> np.ndarray:
     """Class logits (rows x labels) for sentence classification."""
     outputs = predict_outputs(model, encoded, batch_size, **kwargs)
     return np.stack(outputs)[:, :model.num_labels] if outputs else np.zeros((0, model.num_labels), np.float32)
@@ -63,31 +104,61 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 
 
 def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | None = None,
-             batch_size: int | None = None, progress: bool = True) -> dict:
+             batch_size: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True,
+             threads="auto", precision: str = "auto", progress: bool = True) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
+    `batch_size`/`max_tokens`: rows cap / padded-token budget per batch (module docstring);
+    `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
+    None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16. `results["speed"]` says
+    what was used and where the time went.
     """
+    from .inference import precision_context, resolve_precision, thread_setting
+    from .token_cache import default_token_cache
+
+    started = time.perf_counter()
     config = run.config
     task = get_task_for(config)
     data_dir = data_dir if data_dir is not None else config.data_dir
     split = split or task.eval_split
     codes = resolve_languages(languages, task.languages(data_dir))
     tokenizer = run.model.backbone.tokenizer
-    frames, encoded = {}, {}
-    for code in codes:
-        frames[code] = task.load(split, code, data_dir)
-        encoded[code] = task.encode(tokenizer, frames[code], config.max_length)
+    frames = {code: task.load(split, code, data_dir) for code in codes}
+    loaded = time.perf_counter()
+    cache = default_token_cache(token_cache)
+    encoded = {code: (cache.encode(task, tokenizer, frames[code], config.max_length) if cache else
+                      task.encode(tokenizer, frames[code], config.max_length)) for code in codes}
     pooled = Encoded.concat([encoded[c] for c in codes])
-    started = time.perf_counter()
-    outputs = predict_outputs(run.model, pooled, batch_size or config.eval_batch_size, progress=progress,
-                              description=f"evaluating {len(codes)} languages")
-    seconds = time.perf_counter() - started
+    tokenized = time.perf_counter()
+    device = _device(run.model)
+    used, why = resolve_precision(precision, device, trained_backbone=not config.freeze_model)
+    stats: dict = {}
+    with thread_setting(threads) as tuner, precision_context(used, run.model, device):
+        prepared = time.perf_counter()
+        outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
+                                  stats=stats, description=f"evaluating {len(codes)} languages")
+        threads_used = tuner.summary() if tuner else {"policy": "fixed" if threads else "torch default",
+                                                       "final": torch.get_num_threads()}
+    predicted = time.perf_counter()
     per_language, start = {}, 0
     for code in codes:
         n = len(encoded[code])
         per_language[code] = task.score(frames[code], encoded[code], outputs[start:start + n])
         start += n
+    seconds = predicted - prepared
+    finished = time.perf_counter()
+    speed = {
+        "seconds": {"load_data": loaded - started, "tokenize": tokenized - loaded,
+                    "prepare_model": prepared - tokenized, "collate": stats["collate"],
+                    "forward": stats["forward"], "score": finished - predicted, "total": finished - started},
+        "sentences": len(pooled), "tokens": stats["tokens"], "padded_tokens": stats["padded_tokens"],
+        "padding_share": 1 - stats["tokens"] / max(stats["padded_tokens"], 1), "batches": stats["batches"],
+        "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
+        "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
+        "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
+        "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
+    }
     return {
         "task": task.name,
         "split": split,
@@ -99,6 +170,7 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
         "mean": mean_metrics(per_language, task.metric_names),
         "seconds": seconds,
         "sentences_per_second": len(pooled) / seconds if seconds else None,
+        "speed": speed,
     }
 
 

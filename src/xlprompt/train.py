@@ -76,33 +76,40 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
     order_rng = np.random.default_rng(config.seed)
     curve, best_loss, best_state, step = [], math.inf, None, 0
+    step_seconds: list[float] = []  # collate + forward + backward + optimizer, per step (no dev evaluation)
     started = time.perf_counter()
     with progress_bar(progress) as bar:
         task_id = bar.add_task("training", total=total_steps, info="")
         for epoch in range(1, config.epochs + 1):
             model.train()
-            epoch_loss, seen, epoch_start = 0.0, 0, time.perf_counter()
+            epoch_loss, seen, epoch_start, epoch_steps = 0.0, 0, time.perf_counter(), len(step_seconds)
             order = order_rng.permutation(len(train_set)).tolist()
             for start in range(0, len(order), config.batch_size):
+                t0 = time.perf_counter()
                 batch = collate(train_set, order[start:start + config.batch_size])
                 loss = head_loss(model(batch), batch.labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                loss_value = loss.item()  # synchronises, so the step's time is all in
+                step_seconds.append(time.perf_counter() - t0)
                 step += 1
-                epoch_loss += loss.item() * len(batch)
+                epoch_loss += loss_value * len(batch)
                 seen += len(batch)
-                rate = seen / (time.perf_counter() - epoch_start)
+                recent = step_seconds[-20:]  # the bar shows the current speed, not the epoch's average
                 bar.update(task_id, advance=1,
-                           info=f"epoch {epoch}/{config.epochs} loss {loss.item():.3f} {rate:.1f} ex/s")
+                           info=f"epoch {epoch}/{config.epochs} loss {loss_value:.3f} "
+                                f"{len(batch) * len(recent) / sum(recent):.1f} ex/s {np.median(recent):.3f} s/step")
+            epoch_step_seconds = sum(step_seconds[epoch_steps:])
             dev_loss, dev_metrics = dev_scores(model, task, dev_df, dev_set, config.eval_batch_size)
             primary = task.metric_names[0]
             elapsed = time.perf_counter() - epoch_start
             curve.append({"epoch": epoch, "step": step, "train_loss": epoch_loss / max(seen, 1),
                           "dev_loss": dev_loss,
                           **{f"dev_{k}": v for k, v in dev_metrics.items() if k != "n"},
-                          "seconds": elapsed, "examples_per_second": seen / elapsed})
+                          "seconds": elapsed, "examples_per_second": seen / elapsed,
+                          "train_examples_per_second": seen / max(epoch_step_seconds, 1e-9)})
             if dev_loss < best_loss:
                 best_loss = dev_loss
                 best_state = copy.deepcopy(model.trainable_state())
@@ -117,8 +124,22 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     info = {"best_epoch": min(curve, key=lambda c: c["dev_loss"])["epoch"],
             "train_examples": len(train_set), "dev_examples": len(dev_set),
             "trained_parameters": trained_parameters,
-            "train_seconds": time.perf_counter() - started}
+            "train_seconds": time.perf_counter() - started,
+            "speed": training_speed(step_seconds, len(train_set) * config.epochs)}
     return Run(config=config, model=model, curve=curve, info=info)
+
+
+def training_speed(step_seconds: list[float], examples: int) -> dict:
+    """Examples/s over the optimisation steps alone (dev evaluation and setup excluded) and the step-time
+    distribution; the first step pays one-off allocations, so the median is the steady-state figure."""
+    seconds = np.asarray(step_seconds, dtype=np.float64)
+    total = float(seconds.sum())
+    return {"train_examples_per_second": examples / total if total else None, "steps": int(len(seconds)),
+            "step_seconds_total": total,
+            "step_seconds_mean": float(seconds.mean()) if len(seconds) else None,
+            "step_seconds_median": float(np.median(seconds)) if len(seconds) else None,
+            "step_seconds_p90": float(np.percentile(seconds, 90)) if len(seconds) else None,
+            "torch_threads": torch.get_num_threads()}
 
 
 def load_trainable_state(model, state: dict) -> None:

@@ -1,0 +1,205 @@
+"""Speed settings of inference: torch threads, int8 dynamic quantization (CPU), autocast (GPU).
+
+Threads. On 2 cores that other jobs keep busy, OpenMP threads spin at every barrier waiting for a thread
+the OS has descheduled: evaluation measured 1.3-4x slower with 2 threads than with 1 (a training step
+up to 20x), while on idle cores 2 threads are faster. No static rule gets both cases right, so "auto" measures:
+`ThreadTuner` runs a probe batch with each candidate count (1, the idle cores seen in /proc/stat,
+torch's default), keeps the fastest in padded tokens/s, and probes again later because the other jobs come and go. The
+interval between probes doubles each time the same count wins, so a slow candidate costs little.
+
+Precision. int8 dynamic quantization swaps the frozen backbone's `nn.Linear` layers for
+`torch.ao.nn.quantized.dynamic.Linear` for the duration of an evaluation and restores them afterwards.
+The prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are
+meant for GPUs: on this CPU, bf16 autocast measured slower than fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .errors import XlpromptError
+
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+# What "auto" means on CPU. int8 would be the default only if its mean accuracy over all 205 SIB-200
+# languages stayed within 0.5 points of fp32 (benchmarks/README.md has the measurement).
+CPU_AUTO = "fp32"
+AUTO_WHY = "auto: fp32 (int8 loses more than 0.5 accuracy points on SIB-200; pass --precision int8 to trade it)"
+
+
+# -------------------------------------------------------------------------------------------- threads
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def idle_cores(sample_seconds: float = 0.2) -> float:
+    """Cores idle over a short window of /proc/stat, sampled while this process sleeps. Where /proc/stat
+    is missing, the 1-minute load average stands in: it lags and counts this process too."""
+    cores = available_cores()
+
+    def snapshot():
+        with open("/proc/stat") as fh:
+            fields = [float(x) for x in fh.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(sample_seconds)
+        total1, idle1 = snapshot()
+        share = (idle1 - idle0) / max(total1 - total0, 1e-9)
+        return max(0.0, min(1.0, share)) * (os.cpu_count() or cores)
+    except (OSError, ValueError, IndexError):
+        return max(0.0, cores - os.getloadavg()[0])
+
+
+def thread_candidates() -> tuple[list[int], int]:
+    """(counts to try, count to start with): 1, the idle cores and all cores; start with the idle ones."""
+    cores = available_cores()
+    idle = min(cores, max(1, round(idle_cores())))
+    return sorted({1, idle, cores}), idle
+
+
+class ThreadTuner:
+    """Per batch: `before()` sets the thread count, `after(tokens, seconds)` records how it went."""
+
+    def __init__(self, candidates: list[int], start: int, skip: int = 1, interval: float = 30.0,
+                 max_interval: float = 480.0):
+        self.candidates, self.current = candidates, start
+        self.interval, self.max_interval = interval, max_interval
+        self.batches = 0
+        self.skip = skip  # the first batches pay one-off setup costs: never measure them
+        self.queue: list[int] = []
+        self.rates: dict[int, float] = {}
+        self.next_probe = None
+        self.history: list[dict] = []
+
+    def before(self) -> int:
+        if len(self.candidates) > 1 and not self.queue and self.batches >= self.skip and \
+                (self.next_probe is None or time.perf_counter() >= self.next_probe):
+            self.queue, self.rates = list(self.candidates), {}
+        if self.queue:
+            self.current = self.queue[0]
+        torch.set_num_threads(self.current)
+        return self.current
+
+    def after(self, tokens: int, seconds: float) -> None:
+        self.batches += 1
+        if not self.queue:
+            return
+        self.rates[self.queue.pop(0)] = tokens / max(seconds, 1e-9)
+        if self.queue:
+            return
+        best = max(self.rates, key=self.rates.get)
+        same = bool(self.history) and self.history[-1]["chosen"] == best
+        self.interval = min(self.interval * 2, self.max_interval) if same else self.interval
+        self.next_probe = time.perf_counter() + self.interval
+        self.current = best
+        self.history.append({"batch": self.batches, "tokens_per_second": {str(k): round(v, 1) for k, v in
+                                                                          self.rates.items()}, "chosen": best})
+
+    def summary(self) -> dict:
+        return {"policy": "auto", "candidates": self.candidates, "final": self.current, "probes": self.history}
+
+
+@contextlib.contextmanager
+def thread_setting(threads):
+    """Yields a ThreadTuner for "auto", else fixes the count (an int) or leaves torch alone (None);
+    torch's thread count is restored on exit."""
+    before = torch.get_num_threads()
+    try:
+        if threads == "auto":
+            yield ThreadTuner(*thread_candidates())
+        else:
+            if threads is not None:
+                if int(threads) < 1:
+                    raise XlpromptError(f"threads must be >= 1 or 'auto', got {threads}.")
+                torch.set_num_threads(int(threads))
+            yield None
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ precision
+def resolve_precision(precision: str, device: torch.device, trained_backbone: bool) -> tuple[str, str]:
+    """(precision used, why). "auto" is `CPU_AUTO` on CPU for a frozen backbone and fp32 otherwise; GPU
+    autocast is opt-in because its accuracy has not been measured here."""
+    if precision not in PRECISIONS:
+        raise XlpromptError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        if device.type != "cpu":
+            return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
+        if CPU_AUTO == "int8" and not trained_backbone and _quantization_available():
+            return "int8", "auto: int8 dynamic quantization of the frozen backbone's Linear layers"
+        return "fp32", AUTO_WHY
+    if precision in ("bf16", "fp16") and device.type == "cpu":
+        warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
+                      stacklevel=3)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise XlpromptError("int8 dynamic quantization runs on CPU only: use --precision bf16 or fp16 on a GPU.")
+        if trained_backbone:
+            raise XlpromptError("This run trained the backbone; xlprompt never quantizes trained weights: use "
+                                "--precision fp32.")
+        if not _quantization_available():
+            raise XlpromptError(f"torch {torch.__version__} has no torch.ao dynamic quantization: use --precision fp32.")
+    return precision, "requested"
+
+
+def _quantization_available() -> bool:
+    try:
+        from torch.ao.quantization import quantize_dynamic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quantize_linear(linear: nn.Linear) -> nn.Module:
+    """An int8 copy with one weight scale per output channel: on 8 SIB-200 languages this lost half as
+    much accuracy as one scale per tensor (-1.5 vs -3.2 points) at the same speed."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao, but still works in 2.13
+        warnings.simplefilter("ignore")
+        wrapped = nn.Sequential(linear)  # quantize_dynamic copies what it is given: only this layer
+        return quantize_dynamic(wrapped, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
+
+
+@contextlib.contextmanager
+def quantized_linears(module: nn.Module):
+    """Within the block, every `nn.Linear` under `module` is an int8 dynamic-quantized copy; the
+    originals (and their fp32 weights) are put back on exit, so training or fp32 evaluation after it is unchanged."""
+    swapped = []
+    for name, child in list(module.named_modules()):
+        for attr, leaf in list(child.named_children()):
+            if type(leaf) is nn.Linear:
+                swapped.append((child, attr, leaf))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for parent, attr, leaf in swapped:
+                setattr(parent, attr, _quantize_linear(leaf))
+        yield len(swapped)
+    finally:
+        for parent, attr, leaf in swapped:
+            setattr(parent, attr, leaf)
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, model, device: torch.device):
+    """Apply a resolved precision to `model` for the duration of the block."""
+    if precision == "int8":
+        with quantized_linears(model.backbone.body):
+            yield
+    elif precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+    else:
+        yield
