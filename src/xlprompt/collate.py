@@ -117,25 +117,32 @@ class Collator:
 
     def __call__(self, encoded: Encoded, rows: list[int]) -> Batch:
         laid = [self.layout(encoded.token_ids[i]) for i in rows]
-        width = max(len(ids) for ids, _, _, _ in laid)
-        n_tokens = max(len(pos) for _, _, _, pos in laid)
-        n = len(rows)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        prompt_mask = torch.zeros((n, width), dtype=torch.bool)
-        label_positions = torch.zeros(n, dtype=torch.long)
+        input_ids, attention, prompt_mask, label_positions = pad_layouts(laid, self.pad_id)
+        n, n_tokens = len(rows), max(len(pos) for _, _, _, pos in laid)
         token_positions = torch.zeros((n, n_tokens), dtype=torch.long)
         token_mask = torch.zeros((n, n_tokens), dtype=torch.bool)
-        for r, (ids, mask, pos, where) in enumerate(laid):
-            input_ids[r, :len(ids)] = torch.tensor(ids)
-            attention[r, :len(ids)] = 1
-            prompt_mask[r, :len(ids)] = torch.tensor(mask)
-            label_positions[r] = pos
+        for r, (_, _, _, where) in enumerate(laid):
             token_positions[r, :len(where)] = torch.tensor(where, dtype=torch.long)
             token_mask[r, :len(where)] = True
         labels = pad_targets([encoded.labels[i] for i in rows])
         return Batch(input_ids, attention, prompt_mask, label_positions, token_positions, token_mask, labels,
                      torch.tensor(rows))
+
+
+def pad_layouts(laid: list[tuple], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Rows laid out by `Collator.layout` (possibly by different collators) padded on the right into
+    (input_ids, attention_mask, prompt_mask, label_positions)."""
+    n, width = len(laid), max(len(ids) for ids, _, _, _ in laid)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.bool)
+    label_positions = torch.zeros(n, dtype=torch.long)
+    for r, (ids, mask, pos, _) in enumerate(laid):
+        input_ids[r, :len(ids)] = torch.tensor(ids)
+        attention[r, :len(ids)] = 1
+        prompt_mask[r, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
+        label_positions[r] = pos
+    return input_ids, attention, prompt_mask, label_positions
 
 
 def length_sorted_batches(lengths: list[int], max_rows: int, max_tokens: int | None = None) -> list[list[int]]:

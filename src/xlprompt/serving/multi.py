@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..collate import Batch, Collator, encode_texts
+from ..collate import Batch, Collator, encode_texts, pad_layouts
 from ..config import TrainConfig
 from ..errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
@@ -42,6 +42,7 @@ class ServedRun:
     path: Path
     run: object  # xlprompt.run.Run, loaded onto the bank's backbone
     label_names: tuple[str, ...]
+    takes_pairs: bool  # each example is two texts (the run's task says so; fixed when the run is added)
     collator: Collator = field(repr=False)
     # a fast tokenizer keeps truncation settings as state between calls, so runs with different
     # max_length tokenizing at once in different threads would truncate by each other's length
@@ -63,12 +64,6 @@ class ServedRun:
     def prompt_length(self) -> int:
         method = self.model.method
         return method.config.length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
-
-    @property
-    def takes_pairs(self) -> bool:
-        from ..tasks.custom import get_task_for
-
-        return get_task_for(self.run.config).pairs
 
     def info(self) -> dict:
         config = self.run.config
@@ -189,6 +184,7 @@ class PromptBank:
     def add(self, name: str, run_dir: str | Path) -> ServedRun:
         """Load a run folder onto the shared backbone under `name`."""
         from ..run import Run
+        from ..tasks.custom import get_task_for
 
         check_name(name)
         if name in self.names():
@@ -202,7 +198,8 @@ class PromptBank:
             raise
         except Exception as exc:  # unreadable tensors, shapes that do not fit this model
             raise XlpromptError(f"{run_dir} could not be loaded: {type(exc).__name__}: {exc}") from exc
-        entry = ServedRun(name, run_dir.resolve(), run, tuple(run.model_label_names()), run.model.collator(),
+        task = get_task_for(run.config)  # once here, not per request
+        entry = ServedRun(name, run_dir.resolve(), run, tuple(task.label_names), task.pairs, run.model.collator(),
                           self._tokenizer_lock)
         with self._lock:
             if name in self._runs:  # another thread added the same name while this one loaded
@@ -272,17 +269,8 @@ class PromptBank:
     def _forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
         backbone = self.backbone
         laid = [e.collator.layout(ids) for e, ids in zip(entries, token_ids)]
-        n, width = len(laid), max(len(row[0]) for row in laid)
-        pad = entries[0].collator.pad_id
-        input_ids = torch.full((n, width), pad, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        slots = torch.zeros((n, width), dtype=torch.bool)
-        label_positions = torch.zeros(n, dtype=torch.long)
-        for r, (ids, mask, pos, _) in enumerate(laid):
-            input_ids[r, :len(ids)] = torch.tensor(ids)
-            attention[r, :len(ids)] = 1
-            slots[r, :len(ids)] = torch.tensor(mask, dtype=torch.bool)
-            label_positions[r] = pos
+        input_ids, attention, slots, label_positions = pad_layouts(laid, entries[0].collator.pad_id)
+        n, width = input_ids.shape
         groups: dict[ServedRun, list[int]] = {}
         for r, e in enumerate(entries):
             groups.setdefault(e, []).append(r)
