@@ -11,7 +11,8 @@ import os
 from concurrent.futures import Future
 
 from ..errors import XlpromptError
-from .runner import available_cores, execute_run
+from ..inference import available_cores
+from .runner import execute_run
 
 # environment a worker needs to see what the driver sees (data, model cache, offline mode)
 FORWARDED_ENV = ("XLPROMPT_DATA", "XLPROMPT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -28,13 +28,6 @@ BACKENDS = ("local", "ray")
 _BACKBONES: dict = {}  # model key -> frozen Backbone, reused by later runs in this process
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _classifier(config):
     """The model for a run, reusing this process's loaded backbone when the run keeps it frozen.
 
@@ -236,6 +229,8 @@ def _make_backend(backend: str, workers: int | None, address: str | None, num_cp
         raise XlpromptError("--address is for --backend ray (a Ray cluster's address).")
     if not workers or workers <= 1:
         return InlineBackend()
+    from ..inference import available_cores  # imports torch: only when a pool is made
+
     return PoolBackend(workers, max(1, available_cores() // workers))
 
 
