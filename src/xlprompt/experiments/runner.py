@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import io
 from ..errors import XlpromptError
+from ..inference import available_cores
 from .grid import RunSpec, expand_grid
 from .lock import RunLock
 from .store import DONE, FAILED, RESULTS, SPEC, rebuild_store, runs_dir, update_store
@@ -229,8 +230,6 @@ def _make_backend(backend: str, workers: int | None, address: str | None, num_cp
         raise XlpromptError("--address is for --backend ray (a Ray cluster's address).")
     if not workers or workers <= 1:
         return InlineBackend()
-    from ..inference import available_cores  # imports torch: only when a pool is made
-
     return PoolBackend(workers, max(1, available_cores() // workers))
 
 
