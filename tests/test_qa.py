@@ -260,6 +260,12 @@ def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, siz
     assert set(results["mean"]) == {"exact_match", "f1", "languages"}
     if task == "mlqa":
         return
+    if method["type"] == "deep_prompt":
+        # MLQA has no training set: an XQuAD run is scored on it as it is (`xlprompt evaluate --task mlqa`)
+        on_mlqa = evaluate(run, "de", task="mlqa", progress=False)
+        assert on_mlqa["task"] == "mlqa" and on_mlqa["split"] == "dev" and on_mlqa["languages"]["de"]["n"] == 512
+        with pytest.raises(XlpromptError, match="cannot be scored on 'xnli'"):
+            evaluate(run, "de", task="xnli", progress=False)
     # the trained head (and prompt or model) survive a save/load round trip
     loaded = xlprompt.load(xlprompt.save(run, tmp_path / "run"))
     first = langs.split(",")[0]

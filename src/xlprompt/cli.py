@@ -146,6 +146,8 @@ def evaluate(
     langs: str = typer.Option("all", help="all, or comma-separated language codes."),
     out: Optional[Path] = typer.Option(None, help="Write results JSON (and a CSV beside it)."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the task's test split)."),
+    task: Optional[str] = typer.Option(None, help="Score on another task with the same labels and format "
+                                       "(an xquad run on mlqa); default: the run's task."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
     sort: str = typer.Option("accuracy", help="Sort the table by a metric or 'language'."),
     max_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch (rows x longest row; default "
@@ -167,7 +169,7 @@ def evaluate(
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
     run = Run.load(run_dir)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
-    results = _evaluate(run, langs, split=split, data_dir=data, **speed)
+    results = _evaluate(run, langs, task=task, split=split, data_dir=data, **speed)
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "

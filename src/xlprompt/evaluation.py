@@ -23,6 +23,8 @@ from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
 from .models.heads import head_loss
 from .progress import progress_bar
+from .errors import XlpromptError
+from .tasks import get_task
 from .tasks.custom import get_task_for
 
 # benchmarks/README.md: budgets of 1024-4096 padded tokens ran within 5% of each other, 8192/16384 10-13%
@@ -104,13 +106,15 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
     return predict_encoded(model, enc, batch_size).argmax(-1)
 
 
-def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | None = None,
-             batch_size: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True,
+def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
+             data_dir: str | None = None, batch_size: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True,
              threads="auto", precision: str = "auto", progress: bool = True) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
     `batch_size`/`max_tokens`: rows cap / padded-token budget per batch (module docstring);
+    `task`: score the run on another registered task with the same labels and input format (a run
+    trained on xquad scored on mlqa); default the run's own task.
     `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
     None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16. `results["speed"]` says
     what was used and where the time went.
@@ -120,7 +124,7 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
 
     started = time.perf_counter()
     config = run.config
-    task = get_task_for(config)
+    task = scoring_task(config, task)
     data_dir = data_dir if data_dir is not None else config.data_dir
     split = split or task.eval_split
     codes = resolve_languages(languages, task.languages(data_dir))
@@ -173,6 +177,21 @@ def evaluate(run, languages="all", *, split: str | None = None, data_dir: str | 
         "sentences_per_second": len(pooled) / seconds if seconds else None,
         "speed": speed,
     }
+
+
+def scoring_task(config, name: str | None):
+    """The run's own task, or `name` when a run of that task can be scored on it unchanged."""
+    trained = get_task_for(config)
+    if name is None or name == trained.name:
+        return trained
+    other = get_task(name)
+    if (type(other.format) is not type(trained.format) or other.label_names != trained.label_names
+            or other.pairs != trained.pairs):
+        raise XlpromptError(
+            f"A run trained on {trained.name!r} (labels {', '.join(trained.label_names)}) cannot be scored on "
+            f"{name!r} (labels {', '.join(other.label_names)}): the two tasks differ in labels or input format. "
+            "Train a run on that task instead.")
+    return other
 
 
 def mean_metrics(per_language: dict, names) -> dict:
