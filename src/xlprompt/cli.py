@@ -1,53 +1,16 @@
 """The `xlprompt` command: thin, parses options into the same config objects the Python API takes."""
 from __future__ import annotations
 
-import functools
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from .cli_app import _data_dir, _own_data, app, console, friendly
 from .errors import XlpromptError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Soft prompts for cross-lingual transfer on frozen multilingual models.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly(fn):
-    """Turn XlpromptError into one red line and exit code 2, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except XlpromptError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(2)
-    return wrapper
-
-
-def _data_dir(value: Optional[Path]) -> Optional[str]:
-    if value is None:
-        return os.environ.get("XLPROMPT_DATA") or None
-    if not value.is_dir():
-        raise XlpromptError(f"--data-dir {value} does not exist or is not a folder.")
-    return str(value)
-
-
-def _own_data(value: Optional[Path]) -> Optional[str]:
-    """Own data may be a folder, one file, or hf:DATASET (checked by the loader, which names what is wrong)."""
-    if value is None or str(value).startswith("hf:"):
-        return None if value is None else str(value)
-    if not value.exists():
-        raise XlpromptError(f"--data-dir {value} does not exist; own data is a folder, a .tsv/.csv/.jsonl file "
-                            "or hf:DATASET.")
-    return str(value)
 
 
 def _refuse_existing_run(out: Path, overwrite: bool) -> None:
@@ -281,111 +244,7 @@ def import_peft_cmd(
     console.print(escape(report.text()), soft_wrap=True, highlight=False)
 
 
-@app.command()
-@friendly
-def sweep(
-    grid: Path = typer.Argument(..., help="Grid file (TOML, or YAML with PyYAML): [fixed] settings and [axes] lists."),
-    store: Path = typer.Option(..., help="Store folder: runs/<run id>/ per run and results.parquet."),
-    backend: str = typer.Option("local", help="local (this machine) or ray (a local Ray, or --address)."),
-    workers: Optional[int] = typer.Option(None, help="Local: worker processes (default 1: this process). "
-                                          "Ray: most tasks in flight (default: cluster CPUs / --num-cpus)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. ray://head:10001 or auto)."),
-    num_cpus: Optional[float] = typer.Option(None, help="Ray: CPUs reserved per run (default 1)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (id, status, settings); run nothing."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs, CI)."),
-):
-    """Run a grid of experiments into a store; rerun to resume (done runs are skipped)."""
-    from .experiments.grid import expand_grid
-    from .experiments.runner import plan, run_sweep
-
-    specs = expand_grid(grid)
-    if dry_run:
-        _show_plan(specs, plan(specs, store))
-        return
-    result = run_sweep(specs, store, backend=backend, workers=workers, address=address,
-                       num_cpus=num_cpus, progress=not no_progress)
-    console.print(f"{result.total} runs · {len(result.done)} done now · {len(result.skipped)} done before · "
-                  f"{len(result.failed)} failed · {result.seconds:.0f}s · store {store / 'results.parquet'} "
-                  f"({len(result.frame)} rows)", highlight=False)
-    for rid, error in result.failed.items():
-        console.print(f"[red]failed[/] {rid}: {escape(error.splitlines()[0] if error else '')} "
-                      f"(see {store / 'runs' / rid / 'failed.json'})", highlight=False)
-    if result.failed:
-        console.print("rerun the same command to retry the failed runs.")
-        raise typer.Exit(1)
-
-
-def _show_plan(specs, states):
-    import json
-
-    from rich.table import Table
-
-    from .experiments.grid import flat_settings, varying_fields
-
-    columns = varying_fields(specs)
-    table = Table(title=f"{len(specs)} runs")
-    for name in ["run id", "status", *columns]:
-        table.add_column(name)
-    for spec in specs:
-        flat = flat_settings(spec)
-        table.add_row(spec.run_id, states[spec.run_id], *[escape(json.dumps(flat.get(c))) for c in columns])
-    console.print(table)
-    fixed = {k: v for k, v in flat_settings(specs[0]).items() if k not in columns} if specs else {}
-    console.print("same for every run: " + escape(json.dumps(fixed)), soft_wrap=True, highlight=False)
-    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "incomplete", "todo")}
-    console.print(" · ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
-
-
-@app.command("store")
-@friendly
-def store_cmd(store: Path = typer.Argument(..., help="A sweep's store folder.")):
-    """Rebuild DIR/results.parquet from the run folders and summarise it."""
-    from .experiments.store import rebuild_store, store_summary
-
-    if not (store / "runs").is_dir():
-        raise XlpromptError(f"{store} is not a sweep store (no runs/ folder); run `xlprompt sweep GRID --store {store}`.")
-    frame = rebuild_store(store)
-    summary = store_summary(store)
-    console.print(f"{len(summary['done'])} runs done · {len(summary['failed'])} failed · "
-                  f"{len(summary['incomplete'])} incomplete (crashed, or running now) · {len(frame)} rows in "
-                  f"{store / 'results.parquet'}", highlight=False)
-    for rid, info in summary["failed"].items():
-        console.print(f"[red]failed[/] {rid}: {escape(str(info.get('error', '')).splitlines()[0])}", highlight=False)
-    if len(frame):
-        from rich.table import Table
-
-        keys = ["model", "method", "freeze_model", "prompt_length", "shots"]
-        means = frame.groupby(keys, dropna=False).agg(runs=("run_id", "nunique"), languages=("language", "nunique"),
-                                                      accuracy=("accuracy", "mean"), macro_f1=("macro_f1", "mean"))
-        table = Table(title="mean over languages and seeds")
-        for name in [*keys, "runs", "languages", "accuracy", "macro_f1"]:
-            table.add_column(name)
-        for index, row in means.reset_index().iterrows():
-            table.add_row(*[escape(str(row[k])) for k in keys], str(row["runs"]), str(row["languages"]),
-                          f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}")
-        console.print(table)
-
-
-@app.command()
-@friendly
-def report(
-    store: Path = typer.Argument(..., help="A sweep's store folder (holds results.parquet)."),
-    out: Path = typer.Option(..., help="Report folder to write (replaced atomically if it holds a report)."),
-    alignment: bool = typer.Option(True, "--alignment/--no-alignment",
-                                   help="Representation alignment on the store's run folders (loads models)."),
-    langs: Optional[str] = typer.Option(None, help="Comma-separated target languages (default: all in the store)."),
-    sentences: int = typer.Option(100, help="Parallel sentences per language for the alignment analysis."),
-):
-    """Figures (PNG), tables (CSV) and one self-contained HTML page from a results store."""
-    from .analysis.report import write_report
-
-    codes = [c.strip() for c in langs.split(",") if c.strip()] if langs else None
-    started = time.perf_counter()
-    meta = write_report(store, out, alignment=alignment, languages=codes, sentences=sentences)
-    console.print(f"wrote [bold]{out / 'report.html'}[/] · {len(meta['figures'])} figures · "
-                  f"{len(meta['skipped'])} skipped · {time.perf_counter() - started:.1f}s")
-    for name, why in meta["skipped"].items():
-        console.print(f"  skipped {name}: {escape(str(why))}", soft_wrap=True, highlight=False)
+from . import cli_experiments  # noqa: E402,F401  (registers sweep, store, report here, keeping --help's order)
 
 
 @app.command()
