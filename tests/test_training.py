@@ -82,6 +82,20 @@ def test_same_seed_same_numbers(tiny_model_dir, toy_task):
     assert torch.equal(a.model.method.embedding, b.model.method.embedding)
 
 
+def test_progress_goes_to_logs_as_plain_lines(tiny_model_dir, toy_task, monkeypatch, capsys):
+    """Output redirected to a file gets timed plain lines (a rich bar would appear only at the end)."""
+    import xlprompt.progress
+
+    monkeypatch.setattr(xlprompt.progress, "LOG_INTERVAL", 0.0)
+    run = fit(make_config(tiny_model_dir("bert"), epochs=2), progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training ")]
+    steps = run.curve[-1]["step"]
+    assert lines[0].startswith(f"training 1/{steps} (") and "eta" in lines[0]
+    assert lines[-1].startswith(f"training {steps}/{steps} (100%)") and "epoch 2/2 dev loss" in lines[-1]
+    assert sum("dev loss" in line for line in lines) == 2  # each epoch's dev result gets its own line
+    assert len(lines) == steps + 2  # one line per step at interval 0 plus the two epoch results
+
+
 def test_decoder_label_position_is_last_prompt_slot(tiny_model_dir, toy_task):
     from xlprompt.models.classifier import build_classifier
 
