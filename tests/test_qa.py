@@ -271,3 +271,15 @@ def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, siz
     first = langs.split(",")[0]
     again = evaluate(loaded, first, split=split, progress=False)["languages"][first]
     assert again == results["languages"][first]
+    if method["type"] == "deep_prompt":
+        from typer.testing import CliRunner
+        from xlprompt.cli import app
+
+        # the CLI's table sorts by the task's own metric (it used to assume accuracy and crash after evaluating)
+        out = tmp_path / "ar.json"
+        done = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--langs", "ar", "--split", "dev",
+                                        "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        assert "exact_match" in done.output and json.loads(out.read_text())["languages"]["ar"]["n"] == 95
+        refused = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--sort", "accuracy"])
+        assert refused.exit_code == 2 and "metrics are exact_match, f1" in refused.output

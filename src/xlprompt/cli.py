@@ -87,17 +87,18 @@ def train(
                   f"{run.info['train_seconds']:.0f}s · {speed['train_examples_per_second']:.1f} train ex/s "
                   f"(median {speed['step_seconds_median']:.3f} s/step)")
     if evaluate_langs:
-        _evaluate_and_show(run, evaluate_langs, out / "results.json", None, "accuracy")
+        _evaluate_and_show(run, evaluate_langs, out / "results.json", None)
 
 
-def _evaluate_and_show(run, langs, out_json, data_dir, sort):
+def _evaluate_and_show(run, langs, out_json, data_dir):
     from .evaluation import evaluate as _evaluate
     from .evaluation import results_table, write_results
 
     results = _evaluate(run, langs, data_dir=data_dir)
-    console.print(results_table(results, sort_by=sort))
     if out_json:
         write_results(results, out_json)
+    console.print(results_table(results))
+    if out_json:
         console.print(f"wrote {out_json} and {Path(out_json).with_suffix('.csv')}")
     return results
 
@@ -112,7 +113,8 @@ def evaluate(
     task: Optional[str] = typer.Option(None, help="Score on another task with the same labels and format "
                                        "(an xquad run on mlqa); default: the run's task."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
-    sort: str = typer.Option("accuracy", help="Sort the table by a metric or 'language'."),
+    sort: Optional[str] = typer.Option(None, help="Sort the table by a metric or 'language' (default: the "
+                                       "task's first metric)."),
     max_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch (rows x longest row; default "
                                              "evaluation.DEFAULT_MAX_TOKENS); 0: no budget."),
     batch_size: Optional[int] = typer.Option(None, help="Most rows per batch (default: only the token budget). "
@@ -125,21 +127,22 @@ def evaluate(
                                   "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
 ):
     """Zero-shot evaluation of a run on many languages."""
+    from .evaluation import check_sort, results_table, scoring_task, write_results
     from .evaluation import evaluate as _evaluate
-    from .evaluation import results_table, write_results
     from .run import Run
 
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
     run = Run.load(run_dir)
+    check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
     results = _evaluate(run, langs, task=task, split=split, data_dir=data, **speed)
+    target = out or (run_dir / "results.json")
+    write_results(results, target)  # before anything that could fail: an evaluation can take an hour
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
                   f"in the model) · precision {s['precision']['used']} · threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
-    target = out or (run_dir / "results.json")
-    write_results(results, target)
     console.print(f"wrote {target}")
 
 

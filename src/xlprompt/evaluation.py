@@ -226,15 +226,25 @@ def write_results(results: dict, out_json: str | Path, csv: bool = True) -> None
             results_frame(results).to_csv(tmp, index=False)
 
 
-def results_table(results: dict, sort_by: str = "accuracy", title: str | None = None):
-    """A rich table, sorted descending by `sort_by` (or by language code), with the mean at the bottom."""
+def check_sort(sort_by: str | None, metrics) -> None:
+    """Refuse a sort column the results will not have (before an evaluation that may take minutes)."""
+    if sort_by is not None and sort_by != "language" and sort_by not in metrics:
+        raise XlpromptError(f"Cannot sort by {sort_by!r}: this task's metrics are {', '.join(metrics)} "
+                            "(or sort by 'language').")
+
+
+def results_table(results: dict, sort_by: str | None = None, title: str | None = None):
+    """A rich table, sorted descending by `sort_by` (default the task's first metric) or by language code,
+    with the mean at the bottom."""
     from rich.table import Table
 
     frame = results_frame(results)
+    metrics = [k for k in results["mean"] if k != "languages"]
+    check_sort(sort_by, metrics)
     if sort_by == "language":
         frame = frame.sort_values("language")
     else:
-        frame = frame.sort_values(sort_by, ascending=False)
+        frame = frame.sort_values(sort_by or metrics[0], ascending=False)
     metric_cols = [c for c in frame.columns if c not in ("language", "name", "n")]
     table = Table(title=title or f"{results['task']} · {results['split']} · {len(frame)} languages")
     table.add_column("language")
