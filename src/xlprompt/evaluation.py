@@ -21,9 +21,9 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
+from .errors import XlpromptError
 from .models.heads import head_loss
 from .progress import progress_bar
-from .errors import XlpromptError
 from .tasks import get_task
 from .tasks.custom import get_task_for
 
@@ -107,8 +107,9 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 
 
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
-             data_dir: str | None = None, batch_size: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True,
-             threads="auto", precision: str = "auto", progress: bool = True) -> dict:
+             data_dir: str | None = None, batch_size: int | None = None,
+             max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True, threads="auto", precision: str = "auto",
+             progress: bool = True) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
