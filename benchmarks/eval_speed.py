@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from isolated import print_result, rss_mb, run_child  # benchmarks/isolated.py, beside this script
+
 QUICK_LANGS = ["eng_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans", "hin_Deva", "arb_Arab", "swh_Latn", "yor_Latn",
                "tam_Taml", "khm_Khmr"]
 # name -> evaluate() settings; "cache" is replaced by the warmed token-cache folder
@@ -37,14 +39,6 @@ BUDGETS = [1024, 2048, 4096, 8192, 16384]
 
 
 # ----------------------------------------------------------------------------------------------- child
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def linear_shapes(model) -> list[tuple[int, int]]:
     """(in, out) of every per-token Linear of the transformer body (the pooler reads one token per row)."""
     from torch import nn
@@ -163,17 +157,9 @@ def budget_sweep(run, task, spec) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def run_child(spec: dict, log) -> dict:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    if os.waitstatus_to_exitcode(status) != 0 or not lines:
-        raise SystemExit(f"error: {spec['name']} failed; see {log.name}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["process_peak_rss_mb"] = usage.ru_maxrss / 1024
+def run_configuration(spec: dict, log) -> dict:
+    result, peak = run_child(__file__, spec, log, spec["name"])
+    result["process_peak_rss_mb"] = peak
     return result
 
 
@@ -235,7 +221,7 @@ def main(argv=None) -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        print_result(child(json.loads(args.child)))
         return
 
     from xlprompt.io import write_json
@@ -259,7 +245,7 @@ def main(argv=None) -> None:
           f"{sum(c['sentences'] for c in counts.values()):,} sentences)", flush=True)
     print(f"  sample ({len(sample)}): {','.join(sample)}", flush=True)
 
-    budgets = run_child({"name": "budgets", "mode": "budgets", "run": run_dir, "langs": everything, "cache": cache,
+    budgets = run_configuration({"name": "budgets", "mode": "budgets", "run": run_dir, "langs": everything, "cache": cache,
                          "rounds": args.rounds, "rows": args.budget_rows}, log)
     print(f"  batching policies: padding over all {budgets['rows_all']:,} rows; cost per padded token from "
           f"{budgets['rows_measured']} evenly spaced rows, {budgets['threads']} thread(s), best of {args.rounds} rounds:")
@@ -274,7 +260,7 @@ def main(argv=None) -> None:
     for name, langs in plan:
         spec = {"name": name, "mode": "evaluate", "run": run_dir, "langs": langs, "cache": cache,
                 "settings": CONFIGS[name]}
-        res = run_child(spec, log)
+        res = run_configuration(spec, log)
         res["languages"], res["minutes_all"], res["measured_all"] = langs, *minutes_for_all(res, counts, langs)
         results.append(res)
         s = res["speed"]

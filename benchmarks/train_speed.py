@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+
+from isolated import print_result, rss_mb, run_child  # benchmarks/isolated.py, beside this script
 
 XGLM_564M = dict(vocab_size=256008, d_model=1024, num_layers=24, attention_heads=16, ffn_dim=4096,
                  max_position_embeddings=2048)
@@ -32,12 +32,6 @@ MODEL_NAMES = {"e5": "multilingual-e5-small (encoder)", "xglm": "xglm-564M-rando
 
 
 # ----------------------------------------------------------------------------------------------- child
-def rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def load_backbone(model: str, layers: int):
@@ -205,21 +199,11 @@ def child(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def run_child(spec: dict, log) -> dict:
-    """Run one system in a fresh interpreter; its peak RSS comes from the kernel via wait4."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"error: {spec['system']} on {spec['model']} failed (exit {proc.returncode}); "
-                         f"see {log.name}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    result["process_peak_rss_mb"] = max(usage.ru_maxrss / 1024, result["setup_peak_rss_mb"])  # KiB on Linux
+def run_system(spec: dict, log) -> dict:
+    """Run one system in a fresh interpreter with the spec's thread count."""
+    threads = {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    result, peak = run_child(__file__, spec, log, f"{spec['system']} on {spec['model']}", env=threads)
+    result["process_peak_rss_mb"] = max(peak, result["setup_peak_rss_mb"])
     # the memory compared: CUDA peak on a GPU, else the RSS peak while training (VmHWM reset after the
     # model was built; it includes the resident model), else the whole process's peak
     result["memory_mb"] = result.get("cuda_peak_mb") or result["train_peak_rss_mb"] or result["process_peak_rss_mb"]
@@ -253,7 +237,7 @@ def main(argv=None) -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        print_result(child(json.loads(args.child)))
         return
 
     from xlprompt.io import write_json
@@ -290,7 +274,7 @@ def main(argv=None) -> None:
                 for s in (systems[m] if r % 2 == 0 else systems[m][::-1]):  # alternate who goes first
                     spec = dict(model=m, system=s, steps=steps, warmup=warmup, layers=layers, threads=threads)
                     t0 = time.perf_counter()
-                    res = run_child(spec, log)
+                    res = run_system(spec, log)
                     res["round"], res["wall_seconds"] = r, time.perf_counter() - t0
                     results[m][s].append(res)
                     print(f"  round {r + 1}/{rounds} {m:4s} {s:15s} {res['examples_per_second']:7.3f} ex/s  "
