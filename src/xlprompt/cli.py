@@ -87,19 +87,17 @@ def train(
                   f"{run.info['train_seconds']:.0f}s · {speed['train_examples_per_second']:.1f} train ex/s "
                   f"(median {speed['step_seconds_median']:.3f} s/step)")
     if evaluate_langs:
-        _evaluate_and_show(run, evaluate_langs, out / "results.json", None)
+        _evaluate_and_show(run, evaluate_langs, out / "results.json")
 
 
-def _evaluate_and_show(run, langs, out_json, data_dir):
+def _evaluate_and_show(run, langs, out_json: Path):
     from .evaluation import evaluate as _evaluate
     from .evaluation import results_table, write_results
 
-    results = _evaluate(run, langs, data_dir=data_dir)
-    if out_json:
-        write_results(results, out_json)
+    results = _evaluate(run, langs)
+    write_results(results, out_json)  # before the table: nothing that prints can lose the evaluation
     console.print(results_table(results))
-    if out_json:
-        console.print(f"wrote {out_json} and {Path(out_json).with_suffix('.csv')}")
+    console.print(f"wrote {out_json} and {out_json.with_suffix('.csv')}")
     return results
 
 
