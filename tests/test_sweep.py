@@ -339,3 +339,23 @@ def test_ray_backend_on_a_local_ray(tiny_model_dir, tmp_path):
     assert (store / "runs" / specs[0].run_id / "done.json").stat().st_mtime_ns == stamp
     done = json.loads((store / "runs" / specs[1].run_id / "done.json").read_text())
     assert done["pid"] != os.getpid()  # ran in a Ray worker
+
+
+def test_run_ids_are_stable_across_releases(monkeypatch):
+    """A finished sweep must keep its run ids when xlprompt gains an option (else a resumed sweep redoes
+    every run): ids are pinned, and a setting registered as added later is hashed only off its default."""
+    from xlprompt.experiments import grid as grid_mod
+
+    grid = {"fixed": {"task": "sib200", "model": "multilingual-e5-small", "languages": ["eng_Latn"],
+                      "epochs": 6, "seed": 0}, "axes": {"prompt_length": [10], "shots": [32]}}
+    (spec,) = expand_grid(grid)
+    assert spec.run_id == "18d7d758c502"  # the id this spec had when stores were first written
+    d = spec.to_dict()
+    later = {**d, "config": {**d["config"], "new_option": "off",
+                             "method": {**d["config"]["method"], "new_knob": 1}}}
+    assert grid_mod.run_id(later) != spec.run_id  # unknown to the neutral table: it changes the id
+    monkeypatch.setitem(grid_mod.ID_NEUTRAL, "config", {"new_option": "off"})
+    monkeypatch.setitem(grid_mod.ID_NEUTRAL, "method", {"new_knob": 1})
+    assert grid_mod.run_id(later) == spec.run_id
+    changed = {**later, "config": {**later["config"], "new_option": "on"}}
+    assert grid_mod.run_id(changed) != spec.run_id

@@ -84,8 +84,27 @@ class RunSpec:
         return " ".join(bits)
 
 
+# Settings added after stores were first written, with the value every earlier run had. At that value a
+# setting is left out of the hash, so adding an option never renames (and re-runs) a finished sweep; any
+# other value enters the hash as usual. A new TrainConfig or method field belongs here, with its default.
+ID_NEUTRAL: dict[str, dict] = {"config": {}, "method": {}}
+
+
+def _id_view(spec_dict: dict) -> dict:
+    config = dict(spec_dict.get("config", {}))
+    method = dict(config.get("method") or {})
+    for key, value in ID_NEUTRAL["method"].items():
+        if key in method and method[key] == value:
+            del method[key]
+    for key, value in ID_NEUTRAL["config"].items():
+        if key in config and config[key] == value:
+            del config[key]
+    config["method"] = method
+    return {**spec_dict, "config": config}
+
+
 def run_id(spec_dict: dict) -> str:
-    canonical = json.dumps(spec_dict, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = json.dumps(_id_view(spec_dict), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
