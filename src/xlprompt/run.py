@@ -14,8 +14,8 @@ import torch
 from . import io
 from .config import TrainConfig
 from .errors import XlpromptError
+from .state import FILES, load_trainable_state
 
-FILES = {"prompt": "prompt.safetensors", "head": "head.safetensors", "backbone": "backbone.safetensors"}
 
 
 def parameter_counts(model) -> dict:
@@ -93,7 +93,6 @@ class Run:
     def load(cls, run_dir: str | Path, backbone=None) -> "Run":
         from .models.classifier import build_classifier
         from .tasks.custom import get_task_for
-        from .train import load_trainable_state
 
         run_dir = Path(run_dir)
         if not (run_dir / "run.json").exists():

@@ -18,6 +18,7 @@ from .data.sampling import few_shot_splits
 from .models.classifier import build_classifier
 from .progress import progress_bar
 from .run import Run, materialize_method
+from .state import load_backbone_state, load_trainable_state  # noqa: F401  (re-exported)
 from .tasks.custom import get_task_for
 
 
@@ -140,22 +141,3 @@ def training_speed(step_seconds: list[float], examples: int) -> dict:
             "step_seconds_median": float(np.median(seconds)) if len(seconds) else None,
             "step_seconds_p90": float(np.percentile(seconds, 90)) if len(seconds) else None,
             "torch_threads": torch.get_num_threads()}
-
-
-def load_trainable_state(model, state: dict) -> None:
-    model.head.load_state_dict(state["head"])
-    if model.method is not None and "prompt" in state:
-        model.method.load_state_dict(state["prompt"])
-    if "backbone" in state:
-        load_backbone_state(model.backbone.model, state["backbone"])
-
-
-def load_backbone_state(module, state: dict) -> None:
-    """Load a (possibly de-duplicated) backbone state; only tied copies of loaded tensors may be missing."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    full = module.state_dict()
-    loaded = {full[k].untyped_storage().data_ptr() for k in state}
-    untied = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded]
-    if unexpected or untied:
-        raise XlpromptError(f"Saved model weights do not fit the model: missing {untied[:5]}, "
-                            f"unexpected {list(unexpected)[:5]}.")
