@@ -140,10 +140,11 @@ class Backbone(nn.Module):
         if not getattr(self.model, "supports_gradient_checkpointing", False):
             raise XlpromptError(f"{self.name} ({type(self.model).__name__}) does not support gradient "
                                 "checkpointing: drop --gradient-checkpointing.")
-        # transformers 5 renamed it (the old name warns); 4.x knows only gradient_checkpointing_enable
-        enable = getattr(self.model, "activation_checkpointing_enable", None) or \
-            self.model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        settings = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
 
     @property
     def body(self) -> nn.Module:
