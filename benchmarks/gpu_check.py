@@ -149,9 +149,9 @@ def check_evaluation(model_dir: Path, device, langs, cache: Path, rows: list) ->
         evaluate(run, langs, progress=False, token_cache=str(cache))  # warms the token cache (and the GPU)
         results = evaluate(run, langs, progress=False, token_cache=str(cache))
         s = results["speed"]
+        tf32 = " (TF32)" if s["dtype"] == "fp32" and device.type == "cuda" else ""
         rows.append({"check": "evaluate, e5-small shape", "setting": f"{len(results['languages'])} languages, "
-                     f"{s['sentences']:,} rows, {s['dtype']}{' (TF32)' if s['dtype'] == 'fp32' and device.type == 'cuda' else ''}, "
-                     f"{s['batching']['max_tokens']:,}-token batches",
+                     f"{s['sentences']:,} rows, {s['dtype']}{tf32}, {s['batching']['max_tokens']:,}-token batches",
                      "result": f"forward {s['seconds']['forward']:.2f} s ({s['tokens_per_second']:,.0f} tokens/s), "
                                f"total {s['seconds']['total']:.2f} s, peak {mb(s['peak_gpu_memory_mb'])}",
                      "forward_seconds": s["seconds"]["forward"], "total_seconds": s["seconds"]["total"],

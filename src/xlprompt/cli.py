@@ -302,7 +302,8 @@ def serve(
     check_port(host, port)
     started = time.perf_counter()
     bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, **execution)
-    console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts ({', '.join(runs) or 'none yet'}) in "
+    console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
+                  f"({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     make_server(bank, settings, host, port, log_level).run()

@@ -283,13 +283,12 @@ def run_sweep(grid_or_specs, store_dir: str | Path, backend: str = "local", work
 
     workers: local processes (None: one per visible GPU when runs go to CUDA, else 1 = this process; each
     worker is pinned to its own GPU); for Ray, the most tasks in flight (None: the cluster's CPUs /
-    num_cpus, or GPUs / num_gpus). `device`/`dtype`: how runs execute (device.py). Runs locked by another live process are waited for (and taken over if
-    that process dies), so when this returns every run is done or failed. The store table is updated
+    num_cpus, or GPUs / num_gpus). `device`/`dtype`: how runs execute (device.py). Runs locked by
+    another live process are waited for (and taken over if that process dies), so when this returns every run is done or failed. The store table is updated
     after each run and rebuilt from the run folders at the end.
     """
-    from .progress import SweepProgress
-
     from ..device import resolve_device, resolve_dtype
+    from .progress import SweepProgress
 
     resolve_dtype(dtype, resolve_device(device))  # a device this machine lacks fails before the store is touched
     store = Path(store_dir)
