@@ -14,6 +14,7 @@ uses TF32 matmuls.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 
 import torch
@@ -155,7 +156,8 @@ def load_kwargs(dtype: torch.dtype, device: torch.device) -> dict:
     kwargs = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
     if major < 5:
         kwargs["low_cpu_mem_usage"] = True
-    if device.type == "cuda":
+    # straight onto the GPU; transformers 4.x needs accelerate for that (else the caller moves the model)
+    if device.type == "cuda" and (major >= 5 or importlib.util.find_spec("accelerate") is not None):
         kwargs["device_map"] = {"": device.index if device.index is not None else 0}
     return kwargs
 

@@ -119,6 +119,8 @@ class Backbone(nn.Module):
             auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
             model = auto.from_pretrained(source, local_files_only=local_only,
                                          **load_kwargs(dtype, device or torch.device("cpu")))
+            if device is not None:
+                model = model.to(device)  # already there when loaded with a device map
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         except XlpromptError:
             raise
