@@ -5,8 +5,8 @@ sweep), not TrainConfig fields, so they never change a run id or a run folder, a
 GPU loads on a CPU and the reverse.
 
 device: auto (CUDA if present, else Apple's MPS, else CPU) | cpu | cuda | cuda:N | mps.
-dtype: the frozen backbone's weights. auto = bf16 on a CUDA GPU that supports it, fp32 elsewhere (on CPU
-bf16 stays opt-in: it is slower there, see benchmarks/README.md). Prompts, heads and reparameterization
+dtype: the frozen backbone's weights. auto = bf16 on a CUDA GPU that supports it, fp32 elsewhere: on CPU
+bf16 stays opt-in, so the CPU path gives the numbers it always gave. Prompts, heads and reparameterization
 nets always keep fp32 master weights; a backbone that trains (--no-freeze, finetune) keeps fp32 weights
 too and runs its forward pass under autocast in the chosen dtype (mixed precision). fp32 on a CUDA GPU
 uses TF32 matmuls.
