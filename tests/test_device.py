@@ -135,6 +135,9 @@ def test_gradient_checkpointing_gives_the_same_prompt(tiny_model_dir, toy_task):
     a, b = plain.model.trainable_state()["prompt"], checkpointed.model.trainable_state()["prompt"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert checkpointed.info["speed"]["gradient_checkpointing"] is True
+    body = checkpointed.model.backbone.model
+    assert getattr(body, "is_activation_checkpointing", None) or body.is_gradient_checkpointing
+    assert not getattr(plain.model.backbone.model, "is_activation_checkpointing", False)
 
 
 def test_cpu_batches_are_not_copied():
@@ -269,3 +272,21 @@ def test_gpu_trained_run_loads_on_cpu_with_the_same_predictions(tiny_model_dir, 
     assert np.array_equal(gpu.predict(texts), cpu.predict(texts))
     results = xlprompt_evaluate(gpu)
     assert results["speed"]["batching"]["max_tokens"] == 65536 and results["speed"]["peak_gpu_memory_mb"] > 0
+
+
+def test_serving_a_bf16_backbone_on_cpu_agrees_with_fp32(tiny_model_dir, toy_task, tmp_path):
+    from xlprompt.serving.multi import PromptBank
+
+    model = tiny_model_dir("xlm-roberta")
+    runs = {"p": make_config(model, epochs=3), "d": make_config(model, method=DeepPromptConfig(length=2), epochs=3)}
+    for name, config in runs.items():
+        fit(config, progress=False, device="cpu").save(tmp_path / name)
+    folders = {name: tmp_path / name for name in runs}
+    texts = toy_task.load("test", "deu_Latn")["text"].tolist()
+    names = [("p", "d")[i % 2] for i in range(len(texts))]
+    fp32 = PromptBank.from_runs(folders, device="cpu", dtype="fp32").classify(names, texts)
+    bank = PromptBank.from_runs(folders, device="cpu", dtype="bf16")
+    assert bank.backbone.dtype == torch.bfloat16
+    bf16 = bank.classify(names, texts)
+    agree = sum(a.label_index == b.label_index for a, b in zip(fp32, bf16)) / len(texts)
+    assert agree >= 0.9
