@@ -173,7 +173,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
-        **device_info(device, run.model.backbone.dtype),
+        **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
     }
     return {
         "task": task.name,
