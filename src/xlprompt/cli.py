@@ -122,7 +122,7 @@ def evaluate(
     sort: Optional[str] = typer.Option(None, help="Sort the table by a metric or 'language' (default: the "
                                        "task's first metric)."),
     max_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch (rows x longest row; default "
-                                             "evaluation.DEFAULT_MAX_TOKENS); 0: no budget."),
+                                             "2048 on CPU, 65536 on a GPU); 0: no budget."),
     batch_size: Optional[int] = typer.Option(None, help="Most rows per batch (default: only the token budget). "
                                              "--batch-size 64 --max-tokens 0 is the old fixed policy."),
     token_cache: bool = typer.Option(True, "--token-cache/--no-token-cache",
