@@ -12,7 +12,6 @@ from concurrent.futures import Future
 
 from ..errors import XlpromptError
 from ..inference import available_cores
-from .runner import execute_run
 
 # environment a worker needs to see what the driver sees (data, model cache, offline mode)
 FORWARDED_ENV = ("XLPROMPT_DATA", "XLPROMPT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -30,8 +29,10 @@ def _import_ray():
 class RayBackend:
     """Submits runs as Ray tasks; `capacity` runs are in flight so progress shows what really runs."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: float | None = None,
-                 num_gpus: float | None = None, device=None, dtype=None):
+    def __init__(self, execute_run, address: str | None = None, workers: int | None = None,
+                 num_cpus: float | None = None, num_gpus: float | None = None, device=None, dtype=None):
+        """`execute_run`: the runner's function each task runs (passed in, so this module never imports the
+        runner that imports it)."""
         ray = _import_ray()
         self._ray = ray
         self._started_here = False

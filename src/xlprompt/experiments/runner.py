@@ -262,7 +262,7 @@ def _make_backend(backend: str, workers: int | None, address: str | None, num_cp
     if backend == "ray":
         from .ray_backend import RayBackend  # imported only here: the local backend never needs Ray
 
-        return RayBackend(address=address, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus,
+        return RayBackend(execute_run, address=address, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus,
                           device=device, dtype=dtype)
     if backend != "local":
         raise XlpromptError(f"Unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
