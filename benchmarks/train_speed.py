@@ -148,7 +148,7 @@ def peft_step_fn(backbone, encoded, device):
             full_mask = full_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * full_mask).sum(1) / full_mask.sum(1).clamp_min(1.0)
             target = torch.tensor([encoded.labels[i] for i in rows], device=device)
-            loss = F.cross_entropy(head(pooled), target)
+            loss = F.cross_entropy(head(pooled.float()), target)  # fp32 head over a bf16/fp16 model too
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -28,10 +28,10 @@ def save(run, out_dir):
     return run.save(out_dir)
 
 
-def load(run_dir, backbone=None):
+def load(run_dir, backbone=None, *, device=None, dtype=None):
     from .run import Run
 
-    return Run.load(run_dir, backbone=backbone)
+    return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype)
 
 
 __all__ = ["TrainConfig", "InputPromptConfig", "XlpromptError", "fit", "evaluate", "save", "load",

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .cli_app import _data_dir, _own_data, app, console, friendly
+from .cli_app import DEVICE_HELP, DTYPE_HELP, _data_dir, _execution, _own_data, app, console, friendly
 from .errors import XlpromptError
 
 
@@ -52,13 +52,19 @@ def train(
     out: Path = typer.Option(..., help="Run folder to write."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
     evaluate_langs: Optional[str] = typer.Option(None, "--evaluate", help="Also evaluate: all or a,b,c."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
 ):
-    """Train a prompt (and head) on one language; write the run folder."""
+    """Train a prompt (and head) on one language; write the run folder. Under torchrun: data parallel."""
     from .config import TrainConfig
+    from .distributed import main_process
     from .prompts.config import method_config
     from .train import fit
 
     _refuse_existing_run(out, overwrite)
+    execution = _execution(device, dtype)
     custom = None
     if text_column:
         if task not in ("sib200", "custom"):
@@ -78,7 +84,9 @@ def train(
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
         data_dir=None if custom else _data_dir(data_dir), custom=custom,
     )
-    run = fit(config)
+    run = fit(config, gradient_checkpointing=gradient_checkpointing, **execution)
+    if not main_process():  # torchrun: rank 0 writes the run
+        return
     run.save(out)
     best = run.curve[run.info["best_epoch"] - 1]
     scores = " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best.items() if k.startswith("dev_"))
@@ -114,7 +122,7 @@ def evaluate(
     sort: Optional[str] = typer.Option(None, help="Sort the table by a metric or 'language' (default: the "
                                        "task's first metric)."),
     max_tokens: Optional[int] = typer.Option(None, help="Padded tokens per batch (rows x longest row; default "
-                                             "evaluation.DEFAULT_MAX_TOKENS); 0: no budget."),
+                                             "2048 on CPU, 65536 on a GPU); 0: no budget."),
     batch_size: Optional[int] = typer.Option(None, help="Most rows per batch (default: only the token budget). "
                                              "--batch-size 64 --max-tokens 0 is the old fixed policy."),
     token_cache: bool = typer.Option(True, "--token-cache/--no-token-cache",
@@ -123,6 +131,8 @@ def evaluate(
                                 "or a number."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8 (CPU, frozen backbone only) | bf16 | fp16 "
                                   "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Zero-shot evaluation of a run on many languages."""
     from .evaluation import check_sort, results_table, scoring_task, write_results
@@ -130,7 +140,7 @@ def evaluate(
     from .run import Run
 
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
-    run = Run.load(run_dir)
+    run = Run.load(run_dir, **_execution(device, dtype))
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
     results = _evaluate(run, langs, task=task, split=split, data_dir=data, **speed)
@@ -139,7 +149,8 @@ def evaluate(
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
-                  f"in the model) · precision {s['precision']['used']} · threads {s['threads']['final']} · "
+                  f"in the model) · {s['device_name']} {s['dtype']} · precision {s['precision']['used']} · "
+                  f"threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     console.print(f"wrote {target}")
 
@@ -198,13 +209,15 @@ def quickstart(
     epochs: int = typer.Option(3),
     seed: int = typer.Option(0),
     langs: str = typer.Option("all"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """The main job: train a soft prompt on English SIB-200 with the offline default model, evaluate
     zero-shot on all 205 languages, print a table and a summary, write a report."""
     from .quickstart import run_quickstart
 
     run_quickstart(out=out, prompt_length=prompt_length, shots=shots, epochs=epochs, seed=seed,
-                   langs=langs, console=console)
+                   langs=langs, console=console, **_execution(device, dtype))
 
 
 @app.command()
@@ -269,6 +282,8 @@ def serve(
     read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
     from .serving.multi import PromptBank, check_max_padding, name_runs
@@ -278,6 +293,7 @@ def serve(
                              max_texts=max_texts, max_chars=max_chars, batching=batching,
                              allow_changes=not read_only)
     check_max_padding(max_padding)
+    execution = _execution(device, dtype)
     runs = name_runs(run_dirs or [], name or [])
     if threads is not None:
         import torch
@@ -285,8 +301,9 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding)
-    console.print(f"loaded {bank.backbone.name} and {len(runs)} prompts ({', '.join(runs) or 'none yet'}) in "
+    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, **execution)
+    console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
+                  f"({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     make_server(bank, settings, host, port, log_level).run()

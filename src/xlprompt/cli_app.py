@@ -49,3 +49,17 @@ def _own_data(value: Optional[Path]) -> Optional[str]:
         raise XlpromptError(f"--data-dir {value} does not exist; own data is a folder, a .tsv/.csv/.jsonl file "
                             "or hf:DATASET.")
     return str(value)
+
+
+DEVICE_HELP = "Where it runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps. Never part of a run."
+DTYPE_HELP = ("The frozen model's weights: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16; "
+              "prompts and heads stay fp32.")
+
+
+def _execution(device: str, dtype: str) -> dict:
+    """Check --device/--dtype before anything loads or is written (`--device cuda` without CUDA is one
+    error line); the strings themselves go on to the API, which resolves them the same way."""
+    from .device import resolve_device, resolve_dtype
+
+    resolve_dtype(dtype, resolve_device(device))
+    return {"device": device, "dtype": dtype}

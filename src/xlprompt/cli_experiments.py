@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .cli_app import app, console, friendly
+from .cli_app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
 from .errors import XlpromptError
 
 
@@ -18,10 +18,14 @@ def sweep(
     grid: Path = typer.Argument(..., help="Grid file (TOML, or YAML with PyYAML): [fixed] settings and [axes] lists."),
     store: Path = typer.Option(..., help="Store folder: runs/<run id>/ per run and results.parquet."),
     backend: str = typer.Option("local", help="local (this machine) or ray (a local Ray, or --address)."),
-    workers: Optional[int] = typer.Option(None, help="Local: worker processes (default 1: this process). "
-                                          "Ray: most tasks in flight (default: cluster CPUs / --num-cpus)."),
+    workers: Optional[int] = typer.Option(None, help="Local: worker processes (default: one per visible GPU, "
+                                          "each pinned to its GPU; 1 = this process without GPUs). Ray: most "
+                                          "tasks in flight (default: cluster CPUs / --num-cpus, GPUs / --num-gpus)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. ray://head:10001 or auto)."),
     num_cpus: Optional[float] = typer.Option(None, help="Ray: CPUs reserved per run (default 1)."),
+    num_gpus: Optional[float] = typer.Option(None, help="Ray: GPUs reserved per run (e.g. 1; default none)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (id, status, settings); run nothing."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs, CI)."),
 ):
@@ -33,8 +37,8 @@ def sweep(
     if dry_run:
         _show_plan(specs, plan(specs, store))
         return
-    result = run_sweep(specs, store, backend=backend, workers=workers, address=address,
-                       num_cpus=num_cpus, progress=not no_progress)
+    result = run_sweep(specs, store, backend=backend, workers=workers, address=address, num_cpus=num_cpus,
+                       num_gpus=num_gpus, progress=not no_progress, **_execution(device, dtype))
     console.print(f"{result.total} runs · {len(result.done)} done now · {len(result.skipped)} done before · "
                   f"{len(result.failed)} failed · {result.seconds:.0f}s · store {store / 'results.parquet'} "
                   f"({len(result.frame)} rows)", highlight=False)

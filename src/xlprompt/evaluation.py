@@ -21,6 +21,8 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
+from .device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, device_info, reset_peak_memory, resolve_device,
+                     to_device)
 from .errors import XlpromptError
 from .models.heads import head_loss
 from .progress import progress_bar
@@ -58,9 +60,7 @@ def predict_outputs(model, encoded: Encoded, batch_size: int | None = None, max_
         tid = bar.add_task(description, total=len(encoded), info="")
         for rows in batches:
             t0 = time.perf_counter()
-            batch = collate(encoded, rows)
-            if device.type != "cpu":
-                batch.__dict__.update({k: v.to(device) for k, v in vars(batch).items()})
+            batch = to_device(collate(encoded, rows), device)  # pinned, non-blocking on CUDA
             t1 = time.perf_counter()
             if tuner is not None:
                 tuner.before()
@@ -108,8 +108,8 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None,
-             max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True, threads="auto", precision: str = "auto",
-             progress: bool = True) -> dict:
+             max_tokens: int | None | str = "auto", token_cache=True, threads="auto", precision: str = "auto",
+             progress: bool = True, device=None) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -119,6 +119,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
     None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16. `results["speed"]` says
     what was used and where the time went.
+    `device`: move the run's model there first (device.py; default: where it is). On a GPU, "auto"
+    budgets are GPU-sized (device.GPU_MAX_TOKENS) and threads are left alone (the probe is for CPUs).
     """
     from .inference import precision_context, resolve_precision, thread_setting
     from .token_cache import default_token_cache
@@ -137,9 +139,16 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
                       task.encode(tokenizer, frames[code], config.max_length)) for code in codes}
     pooled = Encoded.concat([encoded[c] for c in codes])
     tokenized = time.perf_counter()
+    if device is not None:
+        run.model.to(resolve_device(device))
     device = _device(run.model)
+    if max_tokens == "auto":
+        max_tokens = CPU_MAX_TOKENS if device.type == "cpu" else GPU_MAX_TOKENS
+    if threads == "auto" and device.type != "cpu":
+        threads = None
     used, why = resolve_precision(precision, device, trained_backbone=not config.freeze_model)
     stats: dict = {}
+    reset_peak_memory(device)
     with thread_setting(threads) as tuner, precision_context(used, run.model, device):
         prepared = time.perf_counter()
         outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
@@ -164,6 +173,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
+        **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
     }
     return {
         "task": task.name,

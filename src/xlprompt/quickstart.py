@@ -24,19 +24,22 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
 
 
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
-                   seed: int = 0, langs: str = "all", console=None, progress: bool = True) -> dict:
+                   seed: int = 0, langs: str = "all", console=None, progress: bool = True, device=None,
+                   dtype=None) -> dict:
     from .config import TrainConfig
+    from .device import resolve_device, resolve_dtype
     from .evaluation import evaluate, results_table, write_results
     from .prompts.config import InputPromptConfig
     from .train import fit
 
     started = time.perf_counter()
+    resolve_dtype(dtype, resolve_device(device))  # a missing GPU fails before anything is written
     say = console.print if console else print
     config = TrainConfig(method=InputPromptConfig(length=prompt_length), shots=shots, epochs=epochs, seed=seed)
     say(f"[bold]xlprompt quickstart[/]: soft prompt (L={prompt_length}) on English SIB-200 "
         f"({'all' if shots is None else shots} samples per class, {epochs} epochs), model "
         f"{config.model} frozen; then zero-shot on {langs} languages.")
-    run = fit(config, progress=progress)
+    run = fit(config, progress=progress, device=device, dtype=dtype)
     run_dir = run.save(Path(out) / "run")
     results = evaluate(run, langs, progress=progress)
     results["wall_seconds"] = time.perf_counter() - started
@@ -45,7 +48,8 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
         console.print(results_table(results))
     lines = summary_lines(results)
     lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
-                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s)")
+                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s) on "
+                 f"{results['speed']['device_name']} ({results['speed']['dtype']})")
     report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
               "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
     io.write_text(Path(out) / "report.md", "\n".join(report))

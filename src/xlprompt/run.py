@@ -14,8 +14,8 @@ import torch
 from . import io
 from .config import TrainConfig
 from .errors import XlpromptError
+from .state import FILES, load_trainable_state
 
-FILES = {"prompt": "prompt.safetensors", "head": "head.safetensors", "backbone": "backbone.safetensors"}
 
 
 def parameter_counts(model) -> dict:
@@ -90,10 +90,11 @@ class Run:
         return get_task_for(self.config).label_names
 
     @classmethod
-    def load(cls, run_dir: str | Path, backbone=None) -> "Run":
+    def load(cls, run_dir: str | Path, backbone=None, *, device=None, dtype=None) -> "Run":
+        """A saved run, its model on `device` with the backbone in `dtype` (device.py; default auto): where
+        it trained does not matter, the folder holds fp32 tensors."""
         from .models.classifier import build_classifier
         from .tasks.custom import get_task_for
-        from .train import load_trainable_state
 
         run_dir = Path(run_dir)
         if not (run_dir / "run.json").exists():
@@ -107,7 +108,7 @@ class Run:
         shell = config
         if getattr(config.method, "init", "random").startswith("run:"):
             shell = dataclasses.replace(config, method=dataclasses.replace(config.method, init="random"))
-        model = build_classifier(shell, get_task_for(config), backbone=backbone)
+        model = build_classifier(shell, get_task_for(config), backbone=backbone, device=device, dtype=dtype)
         if meta.get("prompt_materialized"):
             materialize_method(model)  # the fresh module must match the saved, net-free state
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
@@ -124,5 +125,5 @@ def save(run: Run, out_dir: str | Path) -> Path:
     return run.save(out_dir)
 
 
-def load(run_dir: str | Path, backbone=None) -> Run:
-    return Run.load(run_dir, backbone=backbone)
+def load(run_dir: str | Path, backbone=None, *, device=None, dtype=None) -> Run:
+    return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype)

@@ -15,9 +15,12 @@ from .models.heads import head_loss
 from .errors import XlpromptError
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
+from .device import device_info, local_rank_device, reset_peak_memory, resolve_device, to_device
+from .distributed import Replicas
 from .models.classifier import build_classifier
 from .progress import progress_bar
 from .run import Run, materialize_method
+from .state import load_backbone_state, load_trainable_state  # noqa: F401  (re-exported)
 from .tasks.custom import get_task_for
 
 
@@ -44,12 +47,16 @@ def dev_scores(model, task, frame, encoded, batch_size: int) -> tuple[float, dic
     return loss, task.score(frame, encoded, outputs)
 
 
-def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True, **overrides) -> Run:
+def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True, device=None, dtype=None,
+        gradient_checkpointing: bool = False, **overrides) -> Run:
     """Train the method `config` describes; keep the epoch with the best dev loss; return a Run.
 
     `model` may pass an already loaded PromptedClassifier (tests, sweeps reusing a backbone).
+    `device`/`dtype`/`gradient_checkpointing`: how the run executes (device.py), never part of the run.
+    Under torchrun every process trains on its share of each batch (distributed.py).
     """
     config = config or TrainConfig(**overrides)
+    replicas = Replicas.from_env(local_rank_device(resolve_device(device)))
     task = get_task_for(config)  # own data: resolves and records label names in config.custom
     language = config.train_language or task.train_language
     seed_everything(config.seed)
@@ -57,7 +64,13 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     dev_df = task.load(task.dev_split, language, config.data_dir)
     train_df, dev_df = few_shot_splits(train_df, dev_df, config.shots, config.seed)
 
-    model = model or build_classifier(config, task)
+    model = model or build_classifier(config, task, device=local_rank_device(resolve_device(device)), dtype=dtype,
+                                      gradient_checkpointing=gradient_checkpointing)
+    where = model.backbone.device
+    reset_peak_memory(where)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (then the scaler is a no-op)
+    scaler = torch.amp.GradScaler(where.type, enabled=where.type == "cuda" and torch.float16 in (
+        model.backbone.dtype, model.autocast_dtype))
     collate = model.collator()
     tokenizer = model.backbone.tokenizer
     train_set = task.encode(tokenizer, train_df, config.max_length)
@@ -86,21 +99,27 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             order = order_rng.permutation(len(train_set)).tolist()
             for start in range(0, len(order), config.batch_size):
                 t0 = time.perf_counter()
-                batch = collate(train_set, order[start:start + config.batch_size])
-                loss = head_loss(model(batch), batch.labels)
+                rows = order[start:start + config.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if replicas.active:
+                    loss = replica_loss(model, collate, train_set, rows, replicas)
+                else:
+                    batch = to_device(collate(train_set, rows), where)
+                    loss = head_loss(model(batch), batch.labels)
+                scaler.scale(loss).backward()
+                replicas.sum_gradients(model.parameters())
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
-                loss_value = loss.item()  # synchronises, so the step's time is all in
+                loss_value = replicas.sum(loss).item()  # synchronises, so the step's time is all in
                 step_seconds.append(time.perf_counter() - t0)
                 step += 1
-                epoch_loss += loss_value * len(batch)
-                seen += len(batch)
+                epoch_loss += loss_value * len(rows)
+                seen += len(rows)
                 recent = step_seconds[-20:]  # the bar shows the current speed, not the epoch's average
                 bar.update(task_id, advance=1,
                            info=f"epoch {epoch}/{config.epochs} loss {loss_value:.3f} "
-                                f"{len(batch) * len(recent) / sum(recent):.1f} ex/s {np.median(recent):.3f} s/step")
+                                f"{len(rows) * len(recent) / sum(recent):.1f} ex/s {np.median(recent):.3f} s/step")
             epoch_step_seconds = sum(step_seconds[epoch_steps:])
             dev_loss, dev_metrics = dev_scores(model, task, dev_df, dev_set, config.eval_batch_size)
             primary = task.metric_names[0]
@@ -125,8 +144,22 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             "train_examples": len(train_set), "dev_examples": len(dev_set),
             "trained_parameters": trained_parameters,
             "train_seconds": time.perf_counter() - started,
-            "speed": training_speed(step_seconds, len(train_set) * config.epochs)}
+            "speed": {**training_speed(step_seconds, len(train_set) * config.epochs),
+                      **device_info(where, model.autocast_dtype or model.backbone.dtype),
+                      "processes": replicas.world, "gradient_checkpointing": gradient_checkpointing}}
     return Run(config=config, model=model, curve=curve, info=info)
+
+
+def replica_loss(model, collate, dataset, rows: list[int], replicas: Replicas) -> torch.Tensor:
+    """This process's part of the global batch's mean loss: its targets' summed loss over all targets."""
+    mine = replicas.shard(rows)
+    where = model.backbone.device
+    batch = to_device(collate(dataset, mine), where) if mine else None
+    targets = (batch.labels != -100).sum() if mine else torch.zeros((), dtype=torch.long, device=where)
+    total = replicas.sum(targets).clamp_min(1)  # every process joins, with or without rows
+    if not mine:  # nothing here this step: a zero loss that still joins the gradient sum
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+    return head_loss(model(batch), batch.labels, reduction="sum") / total
 
 
 def training_speed(step_seconds: list[float], examples: int) -> dict:
@@ -140,22 +173,3 @@ def training_speed(step_seconds: list[float], examples: int) -> dict:
             "step_seconds_median": float(np.median(seconds)) if len(seconds) else None,
             "step_seconds_p90": float(np.percentile(seconds, 90)) if len(seconds) else None,
             "torch_threads": torch.get_num_threads()}
-
-
-def load_trainable_state(model, state: dict) -> None:
-    model.head.load_state_dict(state["head"])
-    if model.method is not None and "prompt" in state:
-        model.method.load_state_dict(state["prompt"])
-    if "backbone" in state:
-        load_backbone_state(model.backbone.model, state["backbone"])
-
-
-def load_backbone_state(module, state: dict) -> None:
-    """Load a (possibly de-duplicated) backbone state; only tied copies of loaded tensors may be missing."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    full = module.state_dict()
-    loaded = {full[k].untyped_storage().data_ptr() for k in state}
-    untied = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded]
-    if unexpected or untied:
-        raise XlpromptError(f"Saved model weights do not fit the model: missing {untied[:5]}, "
-                            f"unexpected {list(unexpected)[:5]}.")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ..collate import encode_texts, length_sorted_batches
+from ..device import to_device
 from .figures import DPI, plt, styled
 from .languages import label as language_label
 from .tables import model_label
@@ -47,7 +48,7 @@ def representations(model, texts: list[str], max_length: int = 128, with_prompt:
     out = None
     # length-sorted batches, as evaluation does: little padding; rows are put back in order below
     for rows in length_sorted_batches([n + collate.num_slots + 1 for n in encoded.lengths()], batch_size):
-        batch = collate(encoded, rows)
+        batch = to_device(collate(encoded, rows), model.backbone.device)
         embeds = model.backbone.embed(batch.input_ids)
         mask, past = batch.attention_mask, None
         if use_method:
@@ -57,7 +58,7 @@ def representations(model, texts: list[str], max_length: int = 128, with_prompt:
         text = (batch.attention_mask.bool() & ~batch.prompt_mask).unsqueeze(-1).float()
         width = text.shape[1]
         pooled = [(h[:, -width:].float() * text).sum(1) / text.sum(1).clamp_min(1.0) for h in hidden]
-        pooled = torch.stack(pooled).numpy()
+        pooled = torch.stack(pooled).cpu().numpy()
         if out is None:
             out = np.zeros((pooled.shape[0], len(encoded), pooled.shape[2]), dtype=np.float32)
         out[:, rows] = pooled

@@ -12,7 +12,6 @@ from concurrent.futures import Future
 
 from ..errors import XlpromptError
 from ..inference import available_cores
-from .runner import execute_run
 
 # environment a worker needs to see what the driver sees (data, model cache, offline mode)
 FORWARDED_ENV = ("XLPROMPT_DATA", "XLPROMPT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -30,7 +29,10 @@ def _import_ray():
 class RayBackend:
     """Submits runs as Ray tasks; `capacity` runs are in flight so progress shows what really runs."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: float | None = None):
+    def __init__(self, execute_run, address: str | None = None, workers: int | None = None,
+                 num_cpus: float | None = None, num_gpus: float | None = None, device=None, dtype=None):
+        """`execute_run`: the runner's function each task runs (passed in, so this module never imports the
+        runner that imports it)."""
         ray = _import_ray()
         self._ray = ray
         self._started_here = False
@@ -51,12 +53,22 @@ class RayBackend:
         self.num_cpus = float(num_cpus) if num_cpus else 1.0
         # torch threads per task = the CPUs Ray reserved for it, so tasks do not oversubscribe a node
         self.threads = max(1, int(self.num_cpus))
-        self.capacity = workers if workers else max(1, int(cluster_cpus // self.num_cpus))
+        # --num-gpus: GPUs per run; Ray then sets each task's CUDA_VISIBLE_DEVICES to the GPUs it reserved
+        self.num_gpus = float(num_gpus) if num_gpus else 0.0
+        if self.num_gpus and not ray.cluster_resources().get("GPU"):
+            raise XlpromptError(f"--num-gpus {num_gpus}: the Ray cluster has no GPUs; drop --num-gpus or start "
+                                "Ray on machines with GPUs.")
+        slots = cluster_cpus // self.num_cpus
+        if self.num_gpus:
+            slots = min(slots, ray.cluster_resources()["GPU"] // self.num_gpus)
+        self.capacity = workers if workers else max(1, int(slots))
+        self.device, self.dtype = device, dtype
         # one retry: a task lost with its worker or node is safe to rerun (its lock is stale by then)
-        self._remote = ray.remote(num_cpus=self.num_cpus, max_retries=1)(execute_run)
+        self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=1)(execute_run)
 
     def submit(self, spec_dict: dict, store_dir: str) -> Future:
-        return self._remote.remote(spec_dict, os.path.abspath(store_dir), self.threads).future()
+        return self._remote.remote(spec_dict, os.path.abspath(store_dir), self.threads, self.device,
+                                   self.dtype).future()
 
     def restart(self) -> None:
         pass

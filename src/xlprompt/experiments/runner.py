@@ -29,12 +29,13 @@ BACKENDS = ("local", "ray")
 _BACKBONES: dict = {}  # model key -> frozen Backbone, reused by later runs in this process
 
 
-def _classifier(config):
+def _classifier(config, device=None, dtype=None):
     """The model for a run, reusing this process's loaded backbone when the run keeps it frozen.
 
     A backbone a run trains (--no-freeze, finetune) is loaded fresh and never cached, so no later run can
     start from weights another run changed; the cache is emptied first to keep one model in memory.
     """
+    from ..device import resolve_device, resolve_dtype
     from ..models.backbone import Backbone
     from ..models.classifier import build_classifier
     from ..tasks import get_task
@@ -47,11 +48,13 @@ def _classifier(config):
     try:
         if not config.freeze_model:
             _BACKBONES.clear()
-            return build_classifier(config, task)
-        key = _model_key(config.model)
+            return build_classifier(config, task, device=device, dtype=dtype)
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
+        key = (*_model_key(config.model), str(where), str(precision))
         if key not in _BACKBONES:
             _BACKBONES.clear()
-            _BACKBONES[key] = Backbone.load(config.model)
+            _BACKBONES[key] = Backbone.load(config.model, dtype=precision, device=where)
         return build_classifier(config, task, backbone=_BACKBONES[key])
     finally:
         if bars:
@@ -66,8 +69,10 @@ def _model_key(name: str) -> tuple:
     return (name, *sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
 
 
-def execute_run(spec_dict: dict, store_dir: str, threads: int | None = None) -> dict:
+def execute_run(spec_dict: dict, store_dir: str, threads: int | None = None, device=None, dtype=None) -> dict:
     """Train, save, evaluate one run into DIR/runs/<id>/, writing done.json last (or failed.json).
+
+    `device`/`dtype` say how it executes (device.py), never what it is: they change no run id or folder.
 
     Returns {"run_id", "status": done | skipped | locked | failed, ...}; never raises for a run's own error,
     so one bad config cannot stop a sweep.
@@ -88,12 +93,12 @@ def execute_run(spec_dict: dict, store_dir: str, threads: int | None = None) -> 
             shutil.rmtree(folder)
         folder.mkdir()
         io.write_json(folder / SPEC, spec.to_dict())
-        return _train_and_evaluate(spec, folder, threads)
+        return _train_and_evaluate(spec, folder, threads, device, dtype)
     finally:
         lock.release()
 
 
-def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None) -> dict:
+def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device=None, dtype=None) -> dict:
     import torch
 
     from ..evaluation import evaluate
@@ -102,9 +107,11 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None) -> dic
     if threads:
         torch.set_num_threads(threads)
     rid, started = spec.run_id, time.time()
-    where = {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads()}
+    where = {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
-        run = fit(spec.config, model=_classifier(spec.config), progress=False)
+        run = fit(spec.config, model=_classifier(spec.config, device, dtype), progress=False)
+        where["device"] = str(run.model.backbone.device)
         trained = time.time()
         run.save(folder)
         # threads: the count this worker was given (or torch's), not a probe for cores other workers use
@@ -127,9 +134,25 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None) -> dic
             "accuracy": results["mean"].get("accuracy")}
 
 
-def _init_worker(threads: int) -> None:
-    """Pool worker setup: its share of the cores, and death with the sweep process (Linux), so a killed
+def gpu_slots(workers: int, gpus: int) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value of each local worker: worker i sees GPU i mod `gpus` (one GPU per
+    worker when workers <= gpus, the default); none without GPUs."""
+    return [str(i % gpus) for i in range(workers)] if gpus else []
+
+
+def default_workers(device) -> int:
+    """Local workers when --workers is not given: one per visible GPU when runs go to CUDA, else 1."""
+    from ..device import cuda_count, resolve_device
+
+    return max(1, cuda_count()) if resolve_device(device).type == "cuda" else 1
+
+
+def _init_worker(threads: int, slots=None) -> None:
+    """Pool worker setup: its share of the cores, its own GPU (a CUDA_VISIBLE_DEVICES slot taken from the
+    `slots` queue before CUDA starts in this process), and death with the sweep process (Linux), so a killed
     sweep leaves stale locks behind rather than orphans still writing into the store."""
+    if slots is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get(timeout=60)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import ctypes
@@ -148,9 +171,12 @@ class InlineBackend:
 
     capacity = 1
 
+    def __init__(self, device=None, dtype=None):
+        self.device, self.dtype = device, dtype
+
     def submit(self, spec_dict: dict, store_dir: str) -> Future:
         fut: Future = Future()
-        fut.set_result(execute_run(spec_dict, store_dir))
+        fut.set_result(execute_run(spec_dict, store_dir, device=self.device, dtype=self.dtype))
         return fut
 
     def close(self) -> None:
@@ -158,21 +184,31 @@ class InlineBackend:
 
 
 class PoolBackend:
-    """Spawned worker processes (spawn: no fork of a process holding torch threads)."""
+    """Spawned worker processes (spawn: no fork of a process holding torch threads), each pinned to its
+    own GPU slot when `slots` (gpu_slots) are given; a pinned worker's runs use its one visible GPU."""
 
-    def __init__(self, workers: int, threads: int):
+    def __init__(self, workers: int, threads: int, device=None, dtype=None, slots: list[str] | None = None):
         self.capacity, self.threads = workers, threads
+        self.slots = list(slots or [])
+        self.device = "cuda" if self.slots else device
+        self.dtype = dtype
         self._pool = self._make()
 
     def _make(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+        context = multiprocessing.get_context("spawn")
+        queue = None
+        if self.slots:  # a fresh pool (also after a worker died) hands out every slot again
+            queue = context.Queue()
+            for slot in self.slots:
+                queue.put(slot)
+        return ProcessPoolExecutor(self.capacity, mp_context=context,
+                                   initializer=_init_worker, initargs=(self.threads, queue))
 
     def submit(self, spec_dict: dict, store_dir: str) -> Future:
-        return self._pool.submit(execute_run, spec_dict, store_dir)
+        return self._pool.submit(execute_run, spec_dict, store_dir, None, self.device, self.dtype)
 
     def restart(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -219,32 +255,42 @@ def plan(specs: list[RunSpec], store_dir: str | Path) -> dict[str, str]:
     return out
 
 
-def _make_backend(backend: str, workers: int | None, address: str | None, num_cpus: float | None):
+def _make_backend(backend: str, workers: int | None, address: str | None, num_cpus: float | None,
+                  num_gpus: float | None = None, device=None, dtype=None):
+    from ..device import cuda_count, resolve_device
+
     if backend == "ray":
         from .ray_backend import RayBackend  # imported only here: the local backend never needs Ray
 
-        return RayBackend(address=address, workers=workers, num_cpus=num_cpus)
+        return RayBackend(execute_run, address=address, workers=workers, num_cpus=num_cpus, num_gpus=num_gpus,
+                          device=device, dtype=dtype)
     if backend != "local":
         raise XlpromptError(f"Unknown backend {backend!r}: use {' or '.join(BACKENDS)}.")
-    if address:
-        raise XlpromptError("--address is for --backend ray (a Ray cluster's address).")
-    if not workers or workers <= 1:
-        return InlineBackend()
-    return PoolBackend(workers, max(1, available_cores() // workers))
+    if address or num_gpus:
+        raise XlpromptError("--address and --num-gpus are for --backend ray (local workers take one GPU each).")
+    workers = workers or default_workers(device)
+    if workers <= 1:
+        return InlineBackend(device, dtype)
+    on_gpu = resolve_device(device).type == "cuda" and str(device or "auto").lower() in ("auto", "cuda")
+    slots = gpu_slots(workers, cuda_count()) if on_gpu else None
+    return PoolBackend(workers, max(1, available_cores() // workers), device, dtype, slots)
 
 
 def run_sweep(grid_or_specs, store_dir: str | Path, backend: str = "local", workers: int | None = None,
               address: str | None = None, progress: bool = True, num_cpus: float | None = None,
-              poll_seconds: float = 2.0) -> SweepResult:
+              poll_seconds: float = 2.0, num_gpus: float | None = None, device=None, dtype=None) -> SweepResult:
     """Run every run of a grid (file, dict or RunSpecs) that the store does not hold yet.
 
-    workers: local processes (None or 1: this process); for Ray, the most tasks in flight (None: the
-    cluster's CPUs / num_cpus). Runs locked by another live process are waited for (and taken over if
-    that process dies), so when this returns every run is done or failed. The store table is updated
+    workers: local processes (None: one per visible GPU when runs go to CUDA, else 1 = this process; each
+    worker is pinned to its own GPU); for Ray, the most tasks in flight (None: the cluster's CPUs /
+    num_cpus, or GPUs / num_gpus). `device`/`dtype`: how runs execute (device.py). Runs locked by
+    another live process are waited for (and taken over if that process dies), so when this returns every run is done or failed. The store table is updated
     after each run and rebuilt from the run folders at the end.
     """
+    from ..device import resolve_device, resolve_dtype
     from .progress import SweepProgress
 
+    resolve_dtype(dtype, resolve_device(device))  # a device this machine lacks fails before the store is touched
     store = Path(store_dir)
     runs_dir(store).mkdir(parents=True, exist_ok=True)
     specs = _specs(grid_or_specs)
@@ -257,7 +303,7 @@ def run_sweep(grid_or_specs, store_dir: str | Path, backend: str = "local", work
     queue = deque(s for s in specs if states[s.run_id] != "done")
     retrying = [rid for rid, st in states.items() if st == "failed"]
     started = time.time()
-    runner = _make_backend(backend, workers, address, num_cpus) if queue else None
+    runner = _make_backend(backend, workers, address, num_cpus, num_gpus, device, dtype) if queue else None
     inflight: dict[Future, RunSpec] = {}
     waiting: dict[str, RunSpec] = {}  # held by another process
     with SweepProgress(len(specs), len(result.skipped), runner.capacity if runner else 1, progress) as bar:

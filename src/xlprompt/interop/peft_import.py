@@ -86,7 +86,7 @@ def import_peft(adapter_dir: str | Path, out_run_dir: str | Path, task: str | No
     config = TrainConfig(task=task_name, model=model_name, method=method,
                          pooling=pooling or side.get("pooling") or "mean", label_words=label_words,
                          max_length=side.get("max_length", 128))
-    built = build_classifier(config, get_task(task_name))
+    built = build_classifier(config, get_task(task_name), device="cpu", dtype="fp32")  # a conversion: CPU suffices
     notes = []
     extra = sorted(set(tensors) - {"prompt_embeddings"})
     if extra:

@@ -105,21 +105,48 @@ class Backbone(nn.Module):
         self.num_heads = cfg.num_attention_heads
 
     @classmethod
-    def load(cls, name: str, kind: str | None = None, dtype: torch.dtype = torch.float32) -> "Backbone":
+    def load(cls, name: str, kind: str | None = None, dtype: torch.dtype = torch.float32,
+             device: torch.device | None = None) -> "Backbone":
+        """Load weights straight in `dtype` onto `device` (default CPU): no fp32 copy in host memory first."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        from ..device import load_kwargs
 
         source, local_only = resolve_model_source(name)
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
             kind = kind or model_kind(config)
             auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
-            model = auto.from_pretrained(source, local_files_only=local_only, dtype=dtype)
+            model = auto.from_pretrained(source, local_files_only=local_only,
+                                         **load_kwargs(dtype, device or torch.device("cpu")))
+            if device is not None:
+                model = model.to(device)  # already there when loaded with a device map
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         except XlpromptError:
             raise
         except (OSError, ValueError) as exc:
             raise XlpromptError(f"Could not load model '{name}' from {source}: {exc}") from exc
         return cls(model, tokenizer, kind, name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_embeddings.weight.dtype
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass instead of keeping them (deep prompts,
+        long inputs, large models); non-reentrant, so a frozen model still passes gradients to the prompt."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise XlpromptError(f"{self.name} ({type(self.model).__name__}) does not support gradient "
+                                "checkpointing: drop --gradient-checkpointing.")
+        settings = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
 
     @property
     def body(self) -> nn.Module:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..collate import Batch, Collator
+from ..device import autocast, configure, resolve_device, resolve_dtype
 from ..errors import XlpromptError
 from ..prompts import HeadOnlyConfig, build_prompt_method
 from .backbone import Backbone
@@ -18,6 +19,8 @@ class PromptedClassifier(nn.Module):
         self.backbone = backbone
         self.method = method
         self.head = head
+        # mixed precision of a backbone that trains: fp32 weights, forward under autocast in this dtype
+        self.autocast_dtype: torch.dtype | None = None
 
     @property
     def num_slots(self) -> int:
@@ -36,8 +39,10 @@ class PromptedClassifier(nn.Module):
         if self.method is not None:
             prompted = self.method(embeds, batch.attention_mask, batch.prompt_mask)
             embeds, mask, past = prompted.embeds, prompted.attention_mask, prompted.past_key_values
-        hidden = self.backbone(embeds, mask, past_key_values=past)  # text (+ slots) positions only
-        return self.head(hidden, batch)
+        with autocast(embeds.device, self.autocast_dtype):
+            hidden = self.backbone(embeds, mask, past_key_values=past)  # text (+ slots) positions only
+        # heads keep fp32 weights: a bf16/fp16 backbone's hidden states are read in fp32 (no-op in fp32)
+        return self.head(hidden.float(), batch)
 
     def trainable_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The small parts a run folder stores (the backbone is stored only when it was trained)."""
@@ -47,9 +52,23 @@ class PromptedClassifier(nn.Module):
         return out
 
 
-def build_classifier(config, task, backbone: Backbone | None = None) -> PromptedClassifier:
-    """Assemble the model a config describes; deterministic in `config.seed`."""
-    backbone = backbone or Backbone.load(config.model)
+def build_classifier(config, task, backbone: Backbone | None = None, *, device=None, dtype=None,
+                     gradient_checkpointing: bool = False) -> PromptedClassifier:
+    """Assemble the model a config describes; deterministic in `config.seed`.
+
+    `device`/`dtype` (device.py; default auto) place a backbone loaded here: a frozen one in `dtype`, one
+    that trains in fp32 with autocast to `dtype`. A given `backbone` keeps its own device and dtype. The
+    prompt and head are built on the CPU from the seed, then moved, in fp32, to the backbone's device.
+    """
+    if backbone is None:
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
+        weights = precision if config.freeze_model else torch.float32  # fp32 master weights when it trains
+        backbone = Backbone.load(config.model, dtype=weights, device=where)
+    else:
+        where = backbone.device
+        precision = resolve_dtype(dtype, where) if dtype is not None else backbone.dtype
+    configure(where)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     method = build_prompt_method(config.method, backbone, generator)
@@ -72,4 +91,9 @@ def build_classifier(config, task, backbone: Backbone | None = None) -> Prompted
         head = VerbalizerHead(backbone, verbalizer_token_ids(backbone.tokenizer, list(words)), config.loss_over)
     else:
         head = PooledLinearHead(backbone.hidden_size, task.num_labels, config.pooling)
-    return PromptedClassifier(backbone, method, head, task.num_labels)
+    model = PromptedClassifier(backbone, method, head, task.num_labels)
+    if precision != backbone.dtype:
+        model.autocast_dtype = precision
+    if gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    return model.to(where)  # moves the prompt and head only: the backbone is there already

@@ -56,9 +56,11 @@ class VerbalizerHead(nn.Module):
         h = hidden[rows, batch.label_positions]
         if self.loss_over == "labels":
             weight, bias = self.backbone[0].output_rows(self.token_ids)
-            logits = h @ weight.T
-            return logits + bias if bias is not None else logits
-        full = self.backbone[0].model.get_output_embeddings()(h)  # batch x vocabulary, one position
+            logits = h @ weight.float().T  # a handful of rows: fp32 even under a bf16/fp16 backbone
+            return logits + bias.float() if bias is not None else logits
+        lm_head = self.backbone[0].model.get_output_embeddings()
+        # batch x vocabulary at one position, in the LM head's own dtype (no fp32 copy of the vocabulary)
+        full = lm_head(h.to(lm_head.weight.dtype)).float()
         labels = full[:, self.token_ids]
         others = full.index_fill(1, self.token_ids, float("-inf")).logsumexp(-1, keepdim=True)
         return torch.cat([labels, others], dim=-1)

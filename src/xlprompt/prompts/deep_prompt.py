@@ -20,10 +20,11 @@ from torch import nn
 
 from .. import io
 from ..errors import XlpromptError
+from ..state import FILES
 from .config import DeepPromptConfig
 from .input_prompt import PromptedInputs
 
-PROMPT_FILE = "prompt.safetensors"  # what run folders call the prompt (run.py FILES["prompt"])
+PROMPT_FILE = FILES["prompt"]
 
 
 def kv_geometry(model_config, num_heads: int, hidden_size: int) -> tuple[int, int]:

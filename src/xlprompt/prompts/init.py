@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from .. import io
 from ..errors import XlpromptError
+from ..state import FILES
 
 
 def fit_length(rows: torch.Tensor, length: int) -> torch.Tensor:
@@ -62,9 +64,6 @@ def text_prompt(backbone, phrase: str, length: int) -> torch.Tensor:
 
 def run_prompt(run_dir: str, length: int, dim: int) -> torch.Tensor:
     """The final (materialised) prompt of a saved run, cut/repeated to `length`."""
-    from .. import io
-    from ..run import FILES  # lazy: run.py imports the configs that import this package
-
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise XlpromptError(f"Prompt init run:{run_dir}: {path} does not exist; pass the folder of a run "

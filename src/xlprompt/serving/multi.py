@@ -150,15 +150,21 @@ class PromptBank:
 
     @classmethod
     def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
-                  max_padding: float = 0.1) -> "PromptBank":
-        """Load the model once (`model`, else the first run's) and every run onto it."""
+                  max_padding: float = 0.1, device=None, dtype=None) -> "PromptBank":
+        """Load the model once (`model`, else the first run's) on `device` in `dtype` (device.py; default
+        auto) and every run onto it."""
+        from ..device import configure, resolve_device, resolve_dtype
+
         check_max_padding(max_padding)  # before the model loads
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
         if not runs and model is None:
             raise XlpromptError("Give at least one run folder, or the model to serve prompts added later.")
         if model is None:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
-        bank = cls(Backbone.load(model), max_padding)
+        configure(where)
+        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding)
         for name, path in runs.items():
             bank.add(name, path)
         return bank
@@ -269,7 +275,9 @@ class PromptBank:
     def _forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
         backbone = self.backbone
         laid = [e.collator.layout(ids) for e, ids in zip(entries, token_ids)]
-        input_ids, attention, slots, label_positions = pad_layouts(laid, entries[0].collator.pad_id)
+        laid_out = pad_layouts(laid, entries[0].collator.pad_id)
+        dev = backbone.device
+        input_ids, attention, slots, label_positions = (t.to(dev) for t in laid_out)
         n, width = input_ids.shape
         groups: dict[ServedRun, list[int]] = {}
         for r, e in enumerate(entries):
@@ -283,27 +291,28 @@ class PromptBank:
             embeds = embeds.clone()
             embeds[slots] = torch.cat(prompts).to(embeds.dtype)
 
-        prefix_lengths = torch.tensor([e.prefix_length for e in entries])
+        prefix_lengths = torch.tensor([e.prefix_length for e in entries], device=dev)
         longest = int(prefix_lengths.max())
         past, full_mask = None, attention
         if longest:
             past = self._mixed_prefix(groups, n, longest, embeds.dtype)
             # a row sees its own prefix length of keys; the padding after it and whole prefixes of rows
             # without one are masked out, which leaves their attention exactly as without those keys
-            prefix_mask = (torch.arange(longest).unsqueeze(0) < prefix_lengths.unsqueeze(1)).long()
+            prefix_mask = (torch.arange(longest, device=dev).unsqueeze(0) < prefix_lengths.unsqueeze(1)).long()
             full_mask = torch.cat([prefix_mask, attention], dim=1)
         position_ids = None
         if self._explicit_positions:
-            position_ids = prefix_lengths.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+            position_ids = prefix_lengths.unsqueeze(1) + torch.arange(width, device=dev).unsqueeze(0)
         hidden = backbone(embeds, full_mask, past_key_values=past, position_ids=position_ids)
 
         out: list = [None] * n
         for entry, rows in groups.items():
-            index = torch.tensor(rows)
-            empty = torch.zeros((len(rows), 0), dtype=torch.long)
+            index = torch.tensor(rows, device=dev)
+            empty = torch.zeros((len(rows), 0), dtype=torch.long, device=dev)
             batch = Batch(input_ids[index], attention[index], slots[index], label_positions[index], empty,
-                          empty.bool(), torch.zeros(len(rows), dtype=torch.long), index)
-            logits = entry.model.head(hidden[index], batch)[:, :entry.model.num_labels].float().numpy()
+                          empty.bool(), torch.zeros(len(rows), dtype=torch.long, device=dev), index)
+            # heads keep fp32 weights: a bf16/fp16 backbone's hidden states are read in fp32
+            logits = entry.model.head(hidden[index].float(), batch)[:, :entry.model.num_labels].float().cpu().numpy()
             for r, row in zip(rows, logits):
                 out[r] = row
         return out
@@ -314,7 +323,7 @@ class PromptBank:
         deep = {e: rows for e, rows in groups.items() if e.prefix_length}
         sample = next(iter(deep)).model.method.prefix_tensor()
         layers, _, kv_heads, _, head_dim = sample.shape
-        keys = torch.zeros((layers, 2, n, kv_heads, longest, head_dim), dtype=dtype)
+        keys = torch.zeros((layers, 2, n, kv_heads, longest, head_dim), dtype=dtype, device=self.backbone.device)
         for entry, rows in deep.items():
             prefix = entry.model.method.prefix_tensor().to(dtype)  # (layers, 2, kv_heads, L, head_dim)
             keys[:, :, rows, :, :prefix.shape[3]] = prefix.unsqueeze(2)

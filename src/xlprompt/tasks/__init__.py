@@ -8,5 +8,6 @@ from . import udpos as _udpos  # noqa: F401  (registers itself)
 from . import panx as _panx  # noqa: F401  (registers itself)
 from . import xquad as _xquad  # noqa: F401  (registers itself)
 from . import mlqa as _mlqa  # noqa: F401  (registers itself)
+from . import tydiqa as _tydiqa  # noqa: F401  (registers itself)
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]
