@@ -123,13 +123,15 @@ def evaluate(
                                 "or a number."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8 (CPU, frozen backbone only) | bf16 | fp16 "
                                   "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
+    engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "
+                               "pip install 'xlprompt[onnx]'). auto: see benchmarks/README.md."),
 ):
     """Zero-shot evaluation of a run on many languages."""
     from .evaluation import check_sort, results_table, scoring_task, write_results
     from .evaluation import evaluate as _evaluate
     from .run import Run
 
-    speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
+    speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
     run = Run.load(run_dir)
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
@@ -139,12 +141,13 @@ def evaluate(
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
-                  f"in the model) · precision {s['precision']['used']} · threads {s['threads']['final']} · "
+                  f"in the model) · engine {s['engine']['used']} · precision {s['precision']['used']} · threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     console.print(f"wrote {target}")
 
 
-def _speed_options(max_tokens, batch_size, token_cache, threads, precision) -> dict:
+def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine="auto") -> dict:
+    from .engine import check_engine
     from .inference import PRECISIONS
 
     if (max_tokens is not None and max_tokens < 0) or (batch_size is not None and batch_size < 1):
@@ -156,7 +159,8 @@ def _speed_options(max_tokens, batch_size, token_cache, threads, precision) -> d
     if precision not in PRECISIONS:
         raise XlpromptError(f"--precision takes one of {', '.join(PRECISIONS)}, got {precision!r}.")
     out = {"batch_size": batch_size, "token_cache": token_cache,
-           "threads": threads if threads == "auto" else int(threads), "precision": precision}
+           "threads": threads if threads == "auto" else int(threads), "precision": precision,
+           "engine": check_engine(engine)}
     if max_tokens is not None:
         out["max_tokens"] = max_tokens or None
     return out
@@ -198,13 +202,15 @@ def quickstart(
     epochs: int = typer.Option(3),
     seed: int = typer.Option(0),
     langs: str = typer.Option("all"),
+    engine: str = typer.Option("auto", help="Backbone engine of the evaluation: auto | torch | onnx."),
 ):
     """The main job: train a soft prompt on English SIB-200 with the offline default model, evaluate
     zero-shot on all 205 languages, print a table and a summary, write a report."""
+    from .engine import check_engine
     from .quickstart import run_quickstart
 
     run_quickstart(out=out, prompt_length=prompt_length, shots=shots, epochs=epochs, seed=seed,
-                   langs=langs, console=console)
+                   langs=langs, console=console, engine=check_engine(engine))
 
 
 @app.command()
@@ -268,9 +274,12 @@ def serve(
                                  "pass (the baseline)."),
     read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
+                               "pip install 'xlprompt[onnx]')."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
+    from .engine import check_engine
     from .serving.multi import PromptBank, check_max_padding, name_runs
 
     from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
@@ -278,6 +287,7 @@ def serve(
                              max_texts=max_texts, max_chars=max_chars, batching=batching,
                              allow_changes=not read_only)
     check_max_padding(max_padding)
+    check_engine(engine)
     runs = name_runs(run_dirs or [], name or [])
     if threads is not None:
         import torch
@@ -285,9 +295,10 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding)
+    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine)
     console.print(f"loaded {bank.backbone.name} and {len(runs)} prompts ({', '.join(runs) or 'none yet'}) in "
-                  f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
+                  f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
+                  f"http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     make_server(bank, settings, host, port, log_level).run()
 

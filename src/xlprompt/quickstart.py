@@ -24,7 +24,8 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
 
 
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
-                   seed: int = 0, langs: str = "all", console=None, progress: bool = True) -> dict:
+                   seed: int = 0, langs: str = "all", console=None, progress: bool = True,
+                   engine: str = "auto") -> dict:
     from .config import TrainConfig
     from .evaluation import evaluate, results_table, write_results
     from .prompts.config import InputPromptConfig
@@ -38,14 +39,15 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
         f"{config.model} frozen; then zero-shot on {langs} languages.")
     run = fit(config, progress=progress)
     run_dir = run.save(Path(out) / "run")
-    results = evaluate(run, langs, progress=progress)
+    results = evaluate(run, langs, progress=progress, engine=engine)
     results["wall_seconds"] = time.perf_counter() - started
     write_results(results, Path(out) / "results.json")
     if console:
         console.print(results_table(results))
     lines = summary_lines(results)
     lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
-                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s)")
+                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s, "
+                 f"engine {results['speed']['engine']['used']})")
     report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
               "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
     io.write_text(Path(out) / "report.md", "\n".join(report))

@@ -133,10 +133,17 @@ class PromptBank:
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
     """
 
-    def __init__(self, backbone: Backbone, max_padding: float = 0.1):
+    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto"):
+        from ..engine import onnx_engine, resolve_engine
+
         check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
         self.max_padding = max_padding
+        # the bank owns its backbone: an ONNX engine replaces its forward for the bank's lifetime (fp32)
+        device = next(backbone.parameters()).device
+        self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
+        if self.engine == "onnx":
+            self.backbone.forward = onnx_engine(self.backbone, "fp32").forward
         self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
@@ -150,7 +157,7 @@ class PromptBank:
 
     @classmethod
     def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
-                  max_padding: float = 0.1) -> "PromptBank":
+                  max_padding: float = 0.1, engine: str = "auto") -> "PromptBank":
         """Load the model once (`model`, else the first run's) and every run onto it."""
         check_max_padding(max_padding)  # before the model loads
         if not runs and model is None:
@@ -158,7 +165,7 @@ class PromptBank:
         if model is None:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
-        bank = cls(Backbone.load(model), max_padding)
+        bank = cls(Backbone.load(model), max_padding, engine)
         for name, path in runs.items():
             bank.add(name, path)
         return bank
