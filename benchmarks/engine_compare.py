@@ -8,11 +8,15 @@ machine is doing therefore slows every engine alike, and the tokens/s ratios are
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 
 ENGINE_NAMES = {  # name -> (engine, precision, int8 recipe)
     "torch-fp32": ("torch", "fp32", None),
+    "torch-int8": ("torch", "int8", "per-tensor"),       # torch.ao dynamic: one activation scale per tensor
+    "torch-int8-token": ("torch", "int8", "per-token"),  # engine/int8_token.py: one scale per token
     "onnx-fp32": ("onnx", "fp32", None),
     "onnx-int8": ("onnx", "int8", "int8"),
     "onnx-int8-ffn-out-fp32": ("onnx", "int8", "int8-ffn-out-fp32"),
@@ -22,13 +26,12 @@ ENGINE_NAMES = {  # name -> (engine, precision, int8 recipe)
 
 
 def child(spec: dict) -> dict:
-    import numpy as np
+    """Load the run and every engine once; then, chunk by chunk of languages (`spec["chunks"]`, each pooled
+    and batched as `xlprompt evaluate` batches), run every batch on every engine. After each chunk one JSON
+    line with its per-language accuracies and seconds goes to `spec["partial"]`, so a stopped run still
+    leaves every finished chunk behind."""
     import torch
 
-    from xlprompt.collate import Encoded, length_sorted_batches
-    from xlprompt.engine import engine_context
-    from xlprompt.engine.runtime import OnnxBackbone
-    from xlprompt.evaluation import DEFAULT_MAX_TOKENS, trim_output
     from xlprompt.run import Run
     from xlprompt.tasks import get_task
     from xlprompt.token_cache import TokenCache
@@ -38,19 +41,68 @@ def child(spec: dict) -> dict:
     model = run.model.eval()
     task = get_task(run.config.task)
     cache = TokenCache(spec["cache"])
-    frames = {c: task.load("test", c, None) for c in spec["langs"]}
-    encoded = {c: cache.encode(task, model.backbone.tokenizer, frames[c], run.config.max_length) for c in spec["langs"]}
-    pooled = Encoded.concat([encoded[c] for c in spec["langs"]])
+    engines, prepare = open_engines(model, spec["engines"])
+    langs = spec["langs"]
+    n_chunks = max(1, min(spec.get("chunks", 1), len(langs)))
+    totals = {"tokens": 0, "batches": 0, "sentences": 0}
+    seconds = {n: 0.0 for n in engines}
+    accuracy: dict = {n: {} for n in engines}
+    for k in range(n_chunks):
+        chunk = langs[k::n_chunks]  # spread over the alphabet, so any finished prefix of chunks is a fair sample
+        part = run_chunk(model, task, cache, run.config.max_length, chunk, engines)
+        for key in totals:
+            totals[key] += part[key]
+        for name in engines:
+            seconds[name] += part["seconds"][name]
+            accuracy[name].update(part["accuracy"][name])
+        if spec.get("partial"):
+            with open(spec["partial"], "a") as fh:
+                fh.write(json.dumps({"chunk": k, "languages": chunk, "total_tokens": spec.get("total_tokens"),
+                                     **part}) + "\n")
+        print(f"chunk {k + 1}/{n_chunks}: {len(chunk)} languages, {part['tokens']} tokens, "
+              + ", ".join(f"{n} {part['tokens'] / part['seconds'][n]:.0f} tok/s" for n in engines),
+              file=sys.stderr, flush=True)
+    out = {**totals, "threads": spec["threads"], "prepare": prepare, "engines": {},
+           "load_average_end": os.getloadavg()[0]}
+    for name in engines:
+        out["engines"][name] = {"seconds": seconds[name], "tokens_per_second": totals["tokens"] / seconds[name],
+                                "accuracy": accuracy[name],
+                                "mean_accuracy": sum(accuracy[name].values()) / len(accuracy[name])}
+    return out
+
+
+def open_engines(model, names: list[str]) -> tuple[dict, dict]:
+    """name -> None (PyTorch fp32), a list of layer swaps (PyTorch int8) or an OnnxBackbone; and what
+    preparing each cost (export or cache hit)."""
+    from xlprompt.engine.runtime import OnnxBackbone
+
     engines, prepare = {}, {}
-    for name in spec["engines"]:
+    for name in names:
         kind, precision, recipe = ENGINE_NAMES[name]
+        started = time.perf_counter()
         if kind == "onnx":
-            started = time.perf_counter()
             engines[name] = OnnxBackbone(model.backbone, precision, recipe or "int8")
             info = engines[name].prepare(deep=hasattr(model.method, "prefix_tensor"))
             prepare[name] = {**info, "seconds": time.perf_counter() - started}
+        elif recipe is not None:  # torch int8: the int8 layers are made once and swapped in per batch
+            engines[name] = torch_int8_swaps(model.backbone.body, recipe)
+            prepare[name] = {"cache": "none", "seconds": time.perf_counter() - started}
         else:
             engines[name] = None
+    return engines, prepare
+
+
+def run_chunk(model, task, cache, max_length: int, langs: list[str], engines: dict) -> dict:
+    import torch
+
+    from xlprompt.collate import Encoded, length_sorted_batches
+    from xlprompt.engine import engine_context
+    from xlprompt.engine.int8_token import swapped
+    from xlprompt.evaluation import DEFAULT_MAX_TOKENS, trim_output
+
+    frames = {c: task.load("test", c, None) for c in langs}
+    encoded = {c: cache.encode(task, model.backbone.tokenizer, frames[c], max_length) for c in langs}
+    pooled = Encoded.concat([encoded[c] for c in langs])
     lengths = [n + model.num_slots + 1 for n in pooled.lengths()]
     batches = length_sorted_batches(lengths, len(pooled), DEFAULT_MAX_TOKENS)
     collate = model.collator()
@@ -63,29 +115,44 @@ def child(spec: dict) -> dict:
             batch = collate(pooled, rows)
             tokens += int(batch.attention_mask.sum())
             for k in range(len(names)):
-                name = names[(b + k) % len(names)]
-                onnx = engines[name]
+                name = names[(b + k) % len(names)]  # the order rotates from batch to batch
+                engine = engines[name]
                 start = time.perf_counter()
-                if onnx is None:
+                if engine is None:
                     logits = model(batch)
+                elif isinstance(engine, list):
+                    with swapped(engine):
+                        logits = model(batch)
                 else:
-                    with engine_context(model.backbone, onnx):
+                    with engine_context(model.backbone, engine):
                         logits = model(batch)
                 result = logits.float().numpy()
                 seconds[name] += time.perf_counter() - start
                 for r, row in enumerate(rows):
                     outputs[name][row] = trim_output(result[r], len(pooled.token_ids[row]), result.ndim)
-    out = {"tokens": tokens, "batches": len(batches), "sentences": len(pooled), "threads": spec["threads"],
-           "prepare": prepare, "engines": {}, "load_average_end": os.getloadavg()[0]}
+    accuracy = {}
     for name in names:
         per_language, start = {}, 0
-        for code in spec["langs"]:
+        for code in langs:
             n = len(encoded[code])
             per_language[code] = task.score(frames[code], encoded[code], outputs[name][start:start + n])["accuracy"]
             start += n
-        out["engines"][name] = {"seconds": seconds[name], "tokens_per_second": tokens / seconds[name],
-                                "accuracy": per_language, "mean_accuracy": float(np.mean(list(per_language.values())))}
-    return out
+        accuracy[name] = per_language
+    return {"tokens": tokens, "batches": len(batches), "sentences": len(pooled), "seconds": seconds,
+            "accuracy": accuracy}
+
+
+def torch_int8_swaps(body, recipe: str) -> list:
+    from torch import nn
+
+    from xlprompt.engine.int8_token import linear_swaps
+    from xlprompt.inference import _quantize_linear
+
+    swaps = linear_swaps(body)
+    if recipe == "per-tensor":
+        swaps = [(parent, attr, fp32, _quantize_linear(fp32)) for parent, attr, fp32, _ in swaps]
+    assert all(type(fp32) is nn.Linear for _, _, fp32, _ in swaps)
+    return swaps
 
 
 def report(result: dict, total_tokens: int, reference: dict | None, title: str) -> list[str]:
@@ -152,7 +219,10 @@ def run_engines(args, run_dir: str, cache: str, counts: dict, sample: list[str],
         if reference is None and "torch-fp32" not in engines:
             engines = ["torch-fp32"] + engines
         spec = {"name": "guard", "mode": "engines", "run": run_dir, "langs": everything, "cache": cache,
-                "engines": engines, "threads": args.threads}
+                "engines": engines, "threads": args.threads, "chunks": args.chunks,
+                "partial": (args.out or "eval_speed.json") + ".partial.jsonl", "total_tokens": total_tokens}
+        print(f"guard: {', '.join(engines)} on {len(everything)} languages in {args.chunks} chunks; finished "
+              f"chunks go to {spec['partial']} (summarise a stopped run with --summarize-partial)", flush=True)
         out["guard"] = res = run_configuration(spec)
         ref_name = f"the reference {args.reference}" if reference else "torch-fp32 of this run"
         title = f"\nall {len(everything)} languages, accuracy against {ref_name}:"
@@ -161,3 +231,28 @@ def run_engines(args, run_dir: str, cache: str, counts: dict, sample: list[str],
         out["guard_lines"] = lines
         print("\n".join(lines), flush=True)
     return out
+
+
+def summarize_partial(path: str, reference_path: str | None) -> None:
+    """The tables and guard lines of the chunks a --guard run finished (all of them, or the ones before it stopped)."""
+    chunks = [json.loads(line) for line in open(path) if line.strip()]
+    engines: dict = {}
+    tokens = 0
+    for part in chunks:
+        tokens += part["tokens"]
+        for name, secs in part["seconds"].items():
+            e = engines.setdefault(name, {"seconds": 0.0, "accuracy": {}})
+            e["seconds"] += secs
+            e["accuracy"].update(part["accuracy"][name])
+    for e in engines.values():
+        e["tokens_per_second"] = tokens / e["seconds"]
+        e["mean_accuracy"] = sum(e["accuracy"].values()) / len(e["accuracy"])
+    langs = sorted(next(iter(engines.values()))["accuracy"])
+    reference = None
+    if reference_path:
+        full = read_reference(reference_path)
+        reference = {c: full[c] for c in langs}
+    result = {"engines": engines}
+    print("\n".join(report(result, chunks[0]["total_tokens"], reference, f"{len(chunks)} chunks finished: {len(langs)} languages, "
+                                                       f"{tokens:,} tokens")))
+    print("\n".join(guard_lines(result, reference)))

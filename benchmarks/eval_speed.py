@@ -226,11 +226,16 @@ def main(argv=None) -> None:
     ap.add_argument("--guard", help="engines to check over all languages against torch-fp32 (the accuracy guard)")
     ap.add_argument("--reference", help="per-language torch fp32 results (xlprompt evaluate --out) for --guard")
     ap.add_argument("--threads", type=int, default=1, help="threads for --engines/--guard (default 1)")
+    ap.add_argument("--chunks", type=int, default=8, help="--guard: language chunks, each saved when done")
+    ap.add_argument("--summarize-partial", help="print the tables and guard of a (stopped) --guard's .partial.jsonl")
     ap.add_argument("--out", help="write every measurement as JSON (atomic)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print_result(child(json.loads(args.child)))
+        return
+    if args.summarize_partial:
+        engine_compare.summarize_partial(args.summarize_partial, args.reference)
         return
 
     from xlprompt.io import write_json

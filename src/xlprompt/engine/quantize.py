@@ -8,6 +8,7 @@ layers. Which recipe, if any, keeps the accuracy is measured by benchmarks/eval_
 """
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -57,11 +58,16 @@ def quantize_file(source: Path, target: Path, recipe: Int8Recipe, num_layers: in
 
     graph = onnx.load(str(source), load_external_data=False).graph
     kept = [n.name for n in graph.node if n.op_type == "MatMul" and recipe.keeps(n.name, num_layers)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=kept,
-                         extra_options={"MatMulConstBOnly": True})
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # onnxruntime logs a root WARNING suggesting pre-processing, every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=kept,
+                             extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.disable(level)
     return kept
 
 
