@@ -234,3 +234,21 @@ def test_engine_context_restores_the_torch_forward(tiny_model_dir):
         assert backbone(torch.zeros(1, 2, backbone.hidden_size), torch.ones(1, 2, dtype=torch.long)) == "onnx"
     out = backbone(torch.zeros(1, 2, backbone.hidden_size), torch.ones(1, 2, dtype=torch.long))
     assert isinstance(out, torch.Tensor)
+
+
+def test_cli_engine_flag(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+
+    runner = CliRunner()
+    run_dir = runs("bert")["d2"]
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--engine", "onnx", "--threads", "1",
+                              "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "engine onnx" in " ".join(res.output.split())
+    speed = json.loads((tmp_path / "r.json").read_text())["speed"]
+    assert speed["engine"]["used"] == "onnx" and speed["engine"]["requested"] == "onnx"
+    for command in (["evaluate", str(run_dir)], ["quickstart"], ["serve", str(run_dir)]):
+        res = runner.invoke(app, [*command, "--engine", "tvm"])
+        assert res.exit_code == 2 and "Unknown engine" in " ".join(res.output.split()), (command, res.output)

@@ -12,6 +12,7 @@ so a token's result depends only on that token. The weights are quantized once w
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 MIN_ROWS = 17  # torch._int_mm wants more than 16 rows: smaller inputs are padded with zero rows
 
 
+@functools.lru_cache(maxsize=None)
 def int8_matmul_available() -> bool:
     if not hasattr(torch, "_int_mm"):
         return False
