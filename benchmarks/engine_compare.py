@@ -253,6 +253,6 @@ def summarize_partial(path: str, reference_path: str | None) -> None:
         full = read_reference(reference_path)
         reference = {c: full[c] for c in langs}
     result = {"engines": engines}
-    print("\n".join(report(result, chunks[0]["total_tokens"], reference, f"{len(chunks)} chunks finished: {len(langs)} languages, "
-                                                       f"{tokens:,} tokens")))
+    title = f"{len(chunks)} chunks finished: {len(langs)} languages, {tokens:,} tokens"
+    print("\n".join(report(result, chunks[0]["total_tokens"], reference, title)))
     print("\n".join(guard_lines(result, reference)))

@@ -141,7 +141,8 @@ def evaluate(
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
-                  f"in the model) · engine {s['engine']['used']} · precision {s['precision']['used']} · threads {s['threads']['final']} · "
+                  f"in the model) · engine {s['engine']['used']} · precision {s['precision']['used']} · "
+                  f"threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     console.print(f"wrote {target}")
 

@@ -10,10 +10,10 @@ backbone, each exported on first use:
 
 Derived graphs (int8 recipes, engine/quantize.py) are built from these and cached beside them.
 
-Cache layout: `<cache>/engines/<key>/` (env XLPROMPT_ENGINE_CACHE names another root), where `key` hashes the backbone's weights (every tensor the graph
-holds; the input embedding matrix is outside the graph), the installed torch / transformers / onnx /
-onnxruntime versions and `FORMAT`. A change of any of them gives a new folder, so a stale graph is never
-used. Within the folder each graph is written to a temporary file and renamed into place, then its
+Cache layout: `<cache>/engines/<key>/` (env XLPROMPT_ENGINE_CACHE names another root), where `key`
+hashes the backbone's weights (every tensor the graph holds; the input embedding matrix is outside the
+graph), the installed torch / transformers / onnx / onnxruntime versions and `FORMAT`. A change of any
+of them gives a new folder, so a stale graph is never used. Within the folder each graph is written to a temporary file and renamed into place, then its
 `<name>.json` (size and sha256 of the graph file) is written last: a graph without that record, or one
 whose size or hash differs from it (a half-written or damaged file), is rebuilt, never loaded.
 """

@@ -58,7 +58,7 @@ class OnnxBackbone:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # spinning threads waste shared cores (inference.py's module docstring); torch's OpenMP does not spin here either
+            # spinning threads waste shared cores (see inference.py's module docstring)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.log_severity_level = 3
             self.sessions[key] = ort.InferenceSession(str(self.graph(kind)), options,
