@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -17,6 +18,7 @@ ENGINE_NAMES = {  # name -> (engine, precision, int8 recipe)
     "torch-fp32": ("torch", "fp32", None),
     "torch-int8": ("torch", "int8", "per-tensor"),       # torch.ao dynamic: one activation scale per tensor
     "torch-int8-token": ("torch", "int8", "per-token"),  # engine/int8_token.py: one scale per token
+    "torch-int8-token-ffn-out-fp32": ("torch", "int8", "per-token-ffn-out-fp32"),  # ... FFN output proj. fp32
     "onnx-fp32": ("onnx", "fp32", None),
     "onnx-int8": ("onnx", "int8", "int8"),
     "onnx-int8-ffn-out-fp32": ("onnx", "int8", "int8-ffn-out-fp32"),
@@ -148,7 +150,8 @@ def torch_int8_swaps(body, recipe: str) -> list:
     from xlprompt.engine.int8_token import linear_swaps
     from xlprompt.inference import _quantize_linear
 
-    swaps = linear_swaps(body)
+    ffn_out = re.compile(r"layer\.\d+\.output\.dense$")  # BERT/XLM-R: the projection after GELU
+    swaps = linear_swaps(body, keep=ffn_out.search if recipe.endswith("ffn-out-fp32") else None)
     if recipe == "per-tensor":
         swaps = [(parent, attr, fp32, _quantize_linear(fp32)) for parent, attr, fp32, _ in swaps]
     assert all(type(fp32) is nn.Linear for _, _, fp32, _ in swaps)

@@ -59,12 +59,14 @@ class TokenInt8Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
-def linear_swaps(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
-    """(parent, attribute, fp32 layer, int8 layer) for every `nn.Linear` under `module`."""
+def linear_swaps(module: nn.Module, keep=None) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
+    """(parent, attribute, fp32 layer, int8 layer) for every `nn.Linear` under `module`, except those whose
+    dotted name `keep(name)` says to leave in fp32."""
     swaps = []
-    for _, parent in list(module.named_modules()):
+    for prefix, parent in list(module.named_modules()):
         for attr, leaf in list(parent.named_children()):
-            if type(leaf) is nn.Linear:
+            name = f"{prefix}.{attr}" if prefix else attr
+            if type(leaf) is nn.Linear and not (keep and keep(name)):
                 swaps.append((parent, attr, leaf, TokenInt8Linear(leaf)))
     return swaps
 
