@@ -6,8 +6,8 @@ Speed (see benchmarks/README.md for the measurements behind each default):
   ones); `batch_size` adds a cap on rows (`batch_size=64, max_tokens=None` is the old fixed policy);
 - `token_cache`: each dataset is tokenized once per tokenizer/task/max_length/data and reused (token_cache.py);
 - `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
-- `precision`: "auto" = fp32 (int8 dynamic quantization lost 3.6 points over SIB-200's 205 languages, so
-  it is opt-in; inference.CPU_AUTO);
+- `precision`: "auto" = fp32 (int8 is opt-in until it passes the 205-language accuracy guard;
+  inference.CPU_AUTO);
 - `engine`: torch | onnx (ONNX Runtime runs the frozen backbone, engine/) | auto (engine.AUTO_ENGINE).
 """
 from __future__ import annotations

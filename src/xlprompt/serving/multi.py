@@ -142,8 +142,10 @@ class PromptBank:
         # the bank owns its backbone: an ONNX engine replaces its forward for the bank's lifetime (fp32)
         device = next(backbone.parameters()).device
         self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
-        if self.engine == "onnx":
-            self.backbone.forward = onnx_engine(self.backbone, "fp32").forward
+        if self.engine == "onnx":  # export (or find in the cache) before the first request, not during it
+            onnx = onnx_engine(self.backbone, "fp32")
+            onnx.prepare(deep=False)  # deep prompts' graph: on the first deep-prompt batch
+            self.backbone.forward = onnx.forward
         self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
