@@ -8,6 +8,8 @@ thread count the configuration ended up using; model FLOP utilisation = achieved
     python benchmarks/eval_speed.py --quick                  # 10 languages, every configuration (~10 min)
     python benchmarks/eval_speed.py --run RUN --out eval_speed.json
         # configurations on a 16-language sample, then fp32 and int8 (all speed-ups) on all 205 languages
+    python benchmarks/eval_speed.py --run RUN --engines torch-fp32,onnx-fp32,onnx-int8 --guard onnx-int8
+        # engines on the same batches (engine_compare.py), then the accuracy guard over all 205 languages
 
 See benchmarks/README.md for what each column means and the measured table.
 """
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import engine_compare  # benchmarks/engine_compare.py
 from isolated import print_result, rss_mb, run_child  # benchmarks/isolated.py, beside this script
 
 QUICK_LANGS = ["eng_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans", "hin_Deva", "arb_Arab", "swh_Latn", "yor_Latn",
@@ -91,6 +94,8 @@ def child(spec: dict) -> dict:
            "rss_loaded_mb": rss_mb("VmRSS"), "torch_default_threads": torch.get_num_threads()}
     with open("/proc/self/clear_refs", "w") as fh:  # peak from here on = evaluation, not the model build
         fh.write("5")
+    if spec["mode"] == "engines":
+        return {**out, **engine_compare.child(spec)}
     if spec["mode"] == "budgets":
         return {**out, **budget_sweep(run, task, spec)}
     kwargs = dict(spec["settings"])
@@ -217,11 +222,20 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the batching-policy sweep")
     ap.add_argument("--budget-rows", type=int, default=800, help="rows timed per batching policy")
     ap.add_argument("--only-budgets", action="store_true", help="run the batching-policy sweep alone")
+    ap.add_argument("--engines", help="compare these engines on the sample instead (engine_compare.ENGINE_NAMES)")
+    ap.add_argument("--guard", help="engines to check over all languages against torch-fp32 (the accuracy guard)")
+    ap.add_argument("--reference", help="per-language torch fp32 results (xlprompt evaluate --out) for --guard")
+    ap.add_argument("--threads", type=int, default=1, help="threads for --engines/--guard (default 1)")
+    ap.add_argument("--chunks", type=int, default=8, help="--guard: language chunks, each saved when done")
+    ap.add_argument("--summarize-partial", help="print the tables and guard of a (stopped) --guard's .partial.jsonl")
     ap.add_argument("--out", help="write every measurement as JSON (atomic)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print_result(child(json.loads(args.child)))
+        return
+    if args.summarize_partial:
+        engine_compare.summarize_partial(args.summarize_partial, args.reference)
         return
 
     from xlprompt.io import write_json
@@ -244,6 +258,18 @@ def main(argv=None) -> None:
           f"({sum(c['tokens'] for c in counts.values()):,} tokens incl. prompt slots, "
           f"{sum(c['sentences'] for c in counts.values()):,} sentences)", flush=True)
     print(f"  sample ({len(sample)}): {','.join(sample)}", flush=True)
+
+    if args.engines or args.guard:
+        measured = engine_compare.run_engines(args, run_dir, cache, counts, sample, everything,
+                                              lambda spec: run_configuration(spec, log))
+        wall = time.perf_counter() - started
+        print(f"\nwall time {wall / 60:.1f} min; load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+              f"children's stderr: {log_path}")
+        if args.out:
+            write_json(args.out, {"run": run_dir, "sample": sample, "warm_cache": warm, **measured,
+                                  "wall_seconds": wall})
+            print(f"wrote {args.out}")
+        return
 
     budgets = run_configuration({"name": "budgets", "mode": "budgets", "run": run_dir, "langs": everything, "cache": cache,
                          "rounds": args.rounds, "rows": args.budget_rows}, log)

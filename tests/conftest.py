@@ -132,3 +132,15 @@ def _token_cache_in_tmp(tmp_path_factory):
         os.environ.pop("XLPROMPT_TOKEN_CACHE", None)
     else:
         os.environ["XLPROMPT_TOKEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_cache_in_tmp(tmp_path_factory):
+    """ONNX exports of the tiny models go to a temporary folder, not the user's cache."""
+    old = os.environ.get("XLPROMPT_ENGINE_CACHE")
+    os.environ["XLPROMPT_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XLPROMPT_ENGINE_CACHE", None)
+    else:
+        os.environ["XLPROMPT_ENGINE_CACHE"] = old

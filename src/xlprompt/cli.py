@@ -133,13 +133,15 @@ def evaluate(
                                   "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "
+                               "pip install 'xlprompt[onnx]'). auto: see benchmarks/README.md."),
 ):
     """Zero-shot evaluation of a run on many languages."""
     from .evaluation import check_sort, results_table, scoring_task, write_results
     from .evaluation import evaluate as _evaluate
     from .run import Run
 
-    speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision)
+    speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
     run = Run.load(run_dir, **_execution(device, dtype))
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
@@ -149,13 +151,15 @@ def evaluate(
     console.print(results_table(results, sort_by=sort))
     s = results["speed"]
     console.print(f"{s['sentences']} sentences in {s['seconds']['total']:.1f}s ({s['tokens_per_second']:.0f} tokens/s "
-                  f"in the model) · {s['device_name']} {s['dtype']} · precision {s['precision']['used']} · "
+                  f"in the model) · {s['device_name']} {s['dtype']} · engine {s['engine']['used']} · "
+                  f"precision {s['precision']['used']} · "
                   f"threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     console.print(f"wrote {target}")
 
 
-def _speed_options(max_tokens, batch_size, token_cache, threads, precision) -> dict:
+def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine="auto") -> dict:
+    from .engine import check_engine
     from .inference import PRECISIONS
 
     if (max_tokens is not None and max_tokens < 0) or (batch_size is not None and batch_size < 1):
@@ -167,7 +171,8 @@ def _speed_options(max_tokens, batch_size, token_cache, threads, precision) -> d
     if precision not in PRECISIONS:
         raise XlpromptError(f"--precision takes one of {', '.join(PRECISIONS)}, got {precision!r}.")
     out = {"batch_size": batch_size, "token_cache": token_cache,
-           "threads": threads if threads == "auto" else int(threads), "precision": precision}
+           "threads": threads if threads == "auto" else int(threads), "precision": precision,
+           "engine": check_engine(engine)}
     if max_tokens is not None:
         out["max_tokens"] = max_tokens or None
     return out
@@ -211,13 +216,15 @@ def quickstart(
     langs: str = typer.Option("all"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    engine: str = typer.Option("auto", help="Backbone engine of the evaluation: auto | torch | onnx."),
 ):
     """The main job: train a soft prompt on English SIB-200 with the offline default model, evaluate
     zero-shot on all 205 languages, print a table and a summary, write a report."""
+    from .engine import check_engine
     from .quickstart import run_quickstart
 
     run_quickstart(out=out, prompt_length=prompt_length, shots=shots, epochs=epochs, seed=seed,
-                   langs=langs, console=console, **_execution(device, dtype))
+                   langs=langs, console=console, engine=check_engine(engine), **_execution(device, dtype))
 
 
 @app.command()
@@ -281,11 +288,14 @@ def serve(
                                  "pass (the baseline)."),
     read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
+                               "pip install 'xlprompt[onnx]')."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
+    from .engine import check_engine
     from .serving.multi import PromptBank, check_max_padding, name_runs
 
     from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
@@ -294,6 +304,7 @@ def serve(
                              allow_changes=not read_only)
     check_max_padding(max_padding)
     execution = _execution(device, dtype)
+    check_engine(engine)
     runs = name_runs(run_dirs or [], name or [])
     if threads is not None:
         import torch
@@ -301,10 +312,11 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, **execution)
+    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine, **execution)
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
                   f"({', '.join(runs) or 'none yet'}) in "
-                  f"{time.perf_counter() - started:.1f}s · {batching} batching · http://{host}:{port}",
+                  f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
+                  f"http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     make_server(bank, settings, host, port, log_level).run()
 

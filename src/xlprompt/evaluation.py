@@ -6,8 +6,9 @@ Speed (see benchmarks/README.md for the measurements behind each default):
   ones); `batch_size` adds a cap on rows (`batch_size=64, max_tokens=None` is the old fixed policy);
 - `token_cache`: each dataset is tokenized once per tokenizer/task/max_length/data and reused (token_cache.py);
 - `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
-- `precision`: "auto" = fp32 (int8 dynamic quantization lost 3.6 points over SIB-200's 205 languages, so
-  it is opt-in; inference.CPU_AUTO).
+- `precision`: "auto" = fp32 (int8 is opt-in until it passes the 205-language accuracy guard;
+  inference.CPU_AUTO);
+- `engine`: torch | onnx (ONNX Runtime runs the frozen backbone, engine/) | auto (engine.AUTO_ENGINE).
 """
 from __future__ import annotations
 
@@ -100,16 +101,24 @@ def predict_encoded(model, encoded: Encoded, batch_size: int | None = 64, **kwar
     return np.stack(outputs)[:, :model.num_labels] if outputs else np.zeros((0, model.num_labels), np.float32)
 
 
-def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64) -> np.ndarray:
-    """Predicted label indices for raw texts."""
+def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64,
+            engine: str = "auto") -> np.ndarray:
+    """Predicted label indices for raw texts; `engine` as in `evaluate` (fp32)."""
+    from .engine import onnx_backbone, resolve_engine
+
     enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    used, _ = resolve_engine(engine, model.backbone, _device(model), "fp32", trained_backbone=not frozen)
+    if used == "onnx":
+        with onnx_backbone(model, "fp32"):
+            return predict_encoded(model, enc, batch_size).argmax(-1)
     return predict_encoded(model, enc, batch_size).argmax(-1)
 
 
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None,
              max_tokens: int | None | str = "auto", token_cache=True, threads="auto", precision: str = "auto",
-             progress: bool = True, device=None) -> dict:
+             progress: bool = True, device=None, engine: str = "auto") -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -117,11 +126,12 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     `task`: score the run on another registered task with the same labels and input format (a run
     trained on xquad scored on mlqa); default the run's own task.
     `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
-    None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16. `results["speed"]` says
-    what was used and where the time went.
+    None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16; `engine`: auto | torch |
+    onnx. `results["speed"]` says what was used and where the time went.
     `device`: move the run's model there first (device.py; default: where it is). On a GPU, "auto"
     budgets are GPU-sized (device.GPU_MAX_TOKENS) and threads are left alone (the probe is for CPUs).
     """
+    from .engine import engine_precision, onnx_backbone, resolve_engine
     from .inference import precision_context, resolve_precision, thread_setting
     from .token_cache import default_token_cache
 
@@ -147,9 +157,14 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     if threads == "auto" and device.type != "cpu":
         threads = None
     used, why = resolve_precision(precision, device, trained_backbone=not config.freeze_model)
+    engine_used, engine_why = resolve_engine(engine, run.model.backbone, device, used,
+                                             trained_backbone=not config.freeze_model)
+    used = engine_precision(engine_used, precision, used)
+    backbone_setting = (onnx_backbone(run.model, used) if engine_used == "onnx"
+                        else precision_context(used, run.model, device))
     stats: dict = {}
     reset_peak_memory(device)
-    with thread_setting(threads) as tuner, precision_context(used, run.model, device):
+    with thread_setting(threads) as tuner, backbone_setting as engine_info:
         prepared = time.perf_counter()
         outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
                                   stats=stats, description=f"evaluating {len(codes)} languages")
@@ -172,6 +187,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
+        "engine": {"used": engine_used, "requested": engine, "why": engine_why, **(engine_info or {})},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
         **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
     }

@@ -7,9 +7,11 @@ up to 20x), while on idle cores 2 threads are faster. No static rule gets both c
 torch's default), keeps the fastest in padded tokens/s, and probes again later because the other jobs come and go. The
 interval between probes doubles each time the same count wins, so a slow candidate costs little.
 
-Precision. int8 dynamic quantization swaps the frozen backbone's `nn.Linear` layers for
-`torch.ao.nn.quantized.dynamic.Linear` for the duration of an evaluation and restores them afterwards.
-The prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are
+Precision. int8 swaps the frozen backbone's `nn.Linear` layers for int8 copies for the duration of an
+evaluation and restores them afterwards: `engine/int8_token.py`'s layers (one activation scale per token,
+`torch._int_mm`) where torch has a CPU int8 matmul, else `torch.ao`'s dynamic ones (one activation scale
+per tensor, which lost 3.6 points over SIB-200's 205 languages; per token lost 0.06 on an 8-language
+sample, benchmarks/README.md). The prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are
 meant for GPUs: on this CPU, bf16 autocast measured slower than fp32.
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
 # What "auto" means on CPU. int8 would be the default only if its mean accuracy over all 205 SIB-200
 # languages stayed within 0.5 points of fp32 (benchmarks/README.md has the measurement).
 CPU_AUTO = "fp32"
-AUTO_WHY = "auto: fp32 (int8 loses more than 0.5 accuracy points on SIB-200; pass --precision int8 to trade it)"
+AUTO_WHY = ("auto: fp32 (int8 has not passed the 205-language accuracy guard; pass --precision int8 to trade "
+            "accuracy for speed)")
 
 
 # -------------------------------------------------------------------------------------------- threads
@@ -136,7 +139,7 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
         if device.type != "cpu":
             return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
         if CPU_AUTO == "int8" and not trained_backbone and _quantization_available():
-            return "int8", "auto: int8 dynamic quantization of the frozen backbone's Linear layers"
+            return "int8", "auto: int8 (per-token activation scales) for the frozen backbone's Linear layers"
         return "fp32", AUTO_WHY
     if precision in ("bf16", "fp16") and device.type == "cpu":
         warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
@@ -148,11 +151,16 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
             raise XlpromptError("This run trained the backbone; xlprompt never quantizes trained weights: use "
                                 "--precision fp32.")
         if not _quantization_available():
-            raise XlpromptError(f"torch {torch.__version__} has no torch.ao dynamic quantization: use --precision fp32.")
+            raise XlpromptError(f"torch {torch.__version__} has neither a CPU int8 matmul nor torch.ao dynamic "
+                                "quantization: use --precision fp32.")
     return precision, "requested"
 
 
 def _quantization_available() -> bool:
+    from .engine.int8_token import int8_matmul_available
+
+    if int8_matmul_available():
+        return True
     try:
         from torch.ao.quantization import quantize_dynamic  # noqa: F401
     except ImportError:
@@ -195,7 +203,10 @@ def quantized_linears(module: nn.Module):
 def precision_context(precision: str, model, device: torch.device):
     """Apply a resolved precision to `model` for the duration of the block."""
     if precision == "int8":
-        with quantized_linears(model.backbone.body):
+        from .engine.int8_token import int8_matmul_available, token_int8_linears
+
+        swap = token_int8_linears if int8_matmul_available() else quantized_linears
+        with swap(model.backbone.body):
             yield
     elif precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16

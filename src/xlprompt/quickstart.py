@@ -25,7 +25,7 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
 
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True, device=None,
-                   dtype=None) -> dict:
+                   dtype=None, engine: str = "auto") -> dict:
     from .config import TrainConfig
     from .device import resolve_device, resolve_dtype
     from .evaluation import evaluate, results_table, write_results
@@ -41,7 +41,7 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
         f"{config.model} frozen; then zero-shot on {langs} languages.")
     run = fit(config, progress=progress, device=device, dtype=dtype)
     run_dir = run.save(Path(out) / "run")
-    results = evaluate(run, langs, progress=progress)
+    results = evaluate(run, langs, progress=progress, engine=engine)
     results["wall_seconds"] = time.perf_counter() - started
     write_results(results, Path(out) / "results.json")
     if console:
@@ -49,7 +49,8 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
     lines = summary_lines(results)
     lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
                  f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s) on "
-                 f"{results['speed']['device_name']} ({results['speed']['dtype']})")
+                 f"{results['speed']['device_name']} ({results['speed']['dtype']}, "
+                 f"engine {results['speed']['engine']['used']})")
     report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
               "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
     io.write_text(Path(out) / "report.md", "\n".join(report))

@@ -49,10 +49,11 @@ class Run:
 
         return evaluate(self, languages, **kwargs)
 
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64):
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64,
+                engine: str = "auto"):
         from .evaluation import predict
 
-        return predict(self.model, texts, self.config.max_length, text_pairs, batch_size)
+        return predict(self.model, texts, self.config.max_length, text_pairs, batch_size, engine=engine)
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)

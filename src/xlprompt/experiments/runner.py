@@ -114,8 +114,10 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device
         where["device"] = str(run.model.backbone.device)
         trained = time.time()
         run.save(folder)
-        # threads: the count this worker was given (or torch's), not a probe for cores other workers use
-        results = evaluate(run, spec.languages, split=spec.split, progress=False, threads=threads or None)
+        # threads: the count this worker was given (or torch's), not a probe for cores other workers use;
+        # fp32 PyTorch always, so a sweep's numbers never depend on which engine `auto` picks on this machine
+        results = evaluate(run, spec.languages, split=spec.split, progress=False, threads=threads or None,
+                           precision="fp32", engine="torch")
         io.write_json(folder / RESULTS, results)
     except Exception as exc:  # recorded, and the sweep goes on; KeyboardInterrupt still stops it
         error = f"{type(exc).__name__}: {exc}"

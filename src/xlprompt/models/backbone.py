@@ -6,10 +6,12 @@ can score a handful of label tokens without computing full-vocabulary logits.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -88,6 +90,21 @@ def resolve_model_source(name: str) -> tuple[str, bool]:
     )
 
 
+@contextlib.contextmanager
+def _progress_bars(shown: bool):
+    """transformers' progress bars ("Loading weights") only on a terminal: in a log file they are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hide = not shown and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
+
+
 class Backbone(nn.Module):
     """A Hugging Face model seen through the few things prompts and heads need."""
 
@@ -108,11 +125,16 @@ class Backbone(nn.Module):
     def load(cls, name: str, kind: str | None = None, dtype: torch.dtype = torch.float32,
              device: torch.device | None = None) -> "Backbone":
         """Load weights straight in `dtype` onto `device` (default CPU): no fp32 copy in host memory first."""
+        source, local_only = resolve_model_source(name)
+        with _progress_bars(sys.stderr.isatty()):
+            return cls._load(name, source, local_only, kind, dtype, device)
+
+    @classmethod
+    def _load(cls, name, source, local_only, kind, dtype, device) -> "Backbone":
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         from ..device import load_kwargs
 
-        source, local_only = resolve_model_source(name)
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
             kind = kind or model_kind(config)

@@ -133,10 +133,19 @@ class PromptBank:
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
     """
 
-    def __init__(self, backbone: Backbone, max_padding: float = 0.1):
+    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto"):
+        from ..engine import onnx_engine, resolve_engine
+
         check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
         self.max_padding = max_padding
+        # the bank owns its backbone: an ONNX engine replaces its forward for the bank's lifetime (fp32)
+        device = next(backbone.parameters()).device
+        self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
+        if self.engine == "onnx":  # export (or find in the cache) before the first request, not during it
+            onnx = onnx_engine(self.backbone, "fp32")
+            onnx.prepare(deep=False)  # deep prompts' graph: on the first deep-prompt batch
+            self.backbone.forward = onnx.forward
         self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
@@ -150,7 +159,7 @@ class PromptBank:
 
     @classmethod
     def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
-                  max_padding: float = 0.1, device=None, dtype=None) -> "PromptBank":
+                  max_padding: float = 0.1, device=None, dtype=None, engine: str = "auto") -> "PromptBank":
         """Load the model once (`model`, else the first run's) on `device` in `dtype` (device.py; default
         auto) and every run onto it."""
         from ..device import configure, resolve_device, resolve_dtype
@@ -164,7 +173,7 @@ class PromptBank:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
         configure(where)
-        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding)
+        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding, engine)
         for name, path in runs.items():
             bank.add(name, path)
         return bank

@@ -1,0 +1,108 @@
+"""Which engine runs the frozen backbone at inference: PyTorch, or ONNX Runtime (`pip install 'xlprompt[onnx]'`).
+
+`resolve_engine` turns a requested engine (auto | torch | onnx) into the one used, with the reason;
+`engine_context` puts an ONNX Runtime forward in place of the backbone's PyTorch one for a block (and
+restores it). Training never uses it. When ONNX Runtime is missing, every path falls back to PyTorch and
+says so in one line on stderr (once per process) and in the `speed` block.
+
+`auto` follows the measurement in benchmarks/README.md (`eval_speed.py --engines`): an engine/precision
+becomes the default only if it passes the accuracy guard (engine/guard.py) over all 205 SIB-200 languages
+and is faster.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+
+from ..errors import XlpromptError
+
+ENGINES = ("auto", "torch", "onnx")
+# What "auto" picks on CPU for a frozen encoder backbone, and the int8 recipe --precision int8 uses on ONNX.
+AUTO_ENGINE = "torch"
+AUTO_WHY = ("auto: torch (ONNX Runtime fp32 measured 1.01x PyTorch, and its int8 lost 1.96 points, on 8 SIB-200 "
+            "languages; benchmarks/README.md)")
+INT8_RECIPE = "int8"
+
+_said: set[str] = set()
+
+
+def notice(line: str) -> None:
+    """One line on stderr, once per process per message."""
+    if line not in _said:
+        _said.add(line)
+        print(f"xlprompt: {line}", file=sys.stderr, flush=True)
+
+
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise XlpromptError(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    return engine
+
+
+def resolve_engine(engine: str, backbone, device, precision: str, trained_backbone: bool = False) -> tuple[str, str]:
+    """(engine used, why) for a resolved precision. An explicit `onnx` that cannot run here falls back to
+    torch with one line; settings that ONNX never takes (GPU, trained weights, bf16) are errors."""
+    check_engine(engine)
+    if engine == "torch":
+        return "torch", "requested"
+    if engine == "auto":
+        if AUTO_ENGINE != "onnx" or device.type != "cpu" or trained_backbone or precision not in ("fp32", "int8") \
+                or backbone.kind != "encoder" or not onnx_available():
+            return "torch", AUTO_WHY if AUTO_ENGINE == "torch" else "auto: torch (ONNX engine not usable here)"
+        return "onnx", "auto: onnx (measured faster at the same accuracy; benchmarks/README.md)"
+    if device.type != "cpu":
+        raise XlpromptError("The ONNX engine runs on CPU: use --engine torch on a GPU.")
+    if trained_backbone:
+        raise XlpromptError("This run trained the backbone; the ONNX engine exports the shared frozen model only: "
+                            "use --engine torch.")
+    if precision not in ("fp32", "int8"):
+        raise XlpromptError(f"The ONNX engine runs fp32 or int8, not {precision}: use --engine torch for it.")
+    if backbone.kind != "encoder":
+        line = f"the ONNX engine exports encoder backbones only; {backbone.name} is a decoder: using torch"
+        notice(line)
+        return "torch", line
+    if not onnx_available():
+        line = "onnxruntime is not installed (pip install 'xlprompt[onnx]'): using the torch engine"
+        notice(line)
+        return "torch", line
+    return "onnx", "requested"
+
+
+def onnx_engine(backbone, precision: str, root=None):
+    from .runtime import OnnxBackbone
+
+    return OnnxBackbone(backbone, precision, INT8_RECIPE, root)
+
+
+@contextlib.contextmanager
+def engine_context(backbone, onnx):
+    """Within the block, `backbone(...)` runs `onnx.forward` (an OnnxBackbone); PyTorch's forward is back after."""
+    backbone.forward = onnx.forward  # an instance attribute shadows the class's forward for nn.Module.__call__
+    try:
+        yield onnx
+    finally:
+        del backbone.forward
+
+
+# What --precision auto means on the ONNX engine (int8 only if a recipe passed the accuracy guard).
+ONNX_AUTO_PRECISION = "fp32"
+
+
+def engine_precision(engine_used: str, requested: str, resolved: str) -> str:
+    """The precision an engine runs: on ONNX, `auto` is ONNX_AUTO_PRECISION; otherwise as resolved."""
+    return ONNX_AUTO_PRECISION if engine_used == "onnx" and requested == "auto" else resolved
+
+
+@contextlib.contextmanager
+def onnx_backbone(model, precision: str, root=None):
+    """For the block, the model's backbone runs on ONNX Runtime; yields what preparing it did (export or
+    cache hit, seconds) for the `speed` block. The graph the model's prompt needs is opened up front."""
+    onnx = onnx_engine(model.backbone, precision, root)
+    info = onnx.prepare(deep=hasattr(model.method, "prefix_tensor"))
+    with engine_context(model.backbone, onnx):
+        yield {**info, "recipe": INT8_RECIPE if precision == "int8" else None}
