@@ -100,8 +100,22 @@ class Run:
             hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
             raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
                                 "train one with `xlprompt train --out DIR`.")
+        try:
+            return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state)
+        except XlpromptError as exc:
+            if str(run_dir) in str(exc):
+                raise
+            raise XlpromptError(f"{run_dir}: {exc}") from None
+        except Exception as exc:  # a damaged folder: truncated JSON or tensors, values of the wrong type
+            raise XlpromptError(f"{run_dir} is damaged and cannot be loaded ({type(exc).__name__}: {exc}); "
+                                "train it again or restore the folder from a copy.") from exc
+
+    @classmethod
+    def _load(cls, run_dir: Path, backbone, build_classifier, get_task_for, load_trainable_state) -> "Run":
         config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
         meta = io.read_json(run_dir / "run.json")
+        if not isinstance(meta, dict):
+            raise XlpromptError(f"{run_dir}/run.json is not a JSON object: the run folder is damaged.")
         # the saved tensors replace the initial prompt, so do not re-run an init that reads other runs
         # (init=run:DIR would fail once DIR is moved or deleted)
         shell = config
