@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from xlprompt.data.custom import CustomSpec, custom_label_names, load_custom
@@ -61,6 +61,7 @@ def valid_or_clear(fn, root: Path):
     except XlpromptError as exc:
         assert str(exc).strip(), "an error without a message"
         result = exc
+    event("outcome: " + ("XlpromptError" if isinstance(result, XlpromptError) else "valid result"))
     assert listing(root) == before, "the input was changed or a file written"
     return result
 
@@ -324,6 +325,7 @@ def test_http_classify_bodies(api, body, content_type):
     with within():
         r = client.post("/classify", content=body, headers={"content-type": content_type})
     check_answer(r, prompts_dir)
+    event(f"status {r.status_code}")
     if r.status_code == 200:
         assert len(r.json()["predictions"]) == len(json.loads(body)["texts"])
 
@@ -338,6 +340,7 @@ def test_http_prompt_bodies(api, body, auth, victim):
     with within():
         r = client.post("/prompts", content=body, headers={"authorization": auth, "content-type": "application/json"})
         check_answer(r, prompts_dir)
+        event(f"status {r.status_code}")
         if r.status_code == 201:  # a real run folder inside the prompts directory: take it out again
             assert r.json()["run"] == "run"
             assert client.delete(f"/prompts/{r.json()['name']}", headers={"authorization": auth}).status_code == 200

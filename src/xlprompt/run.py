@@ -13,7 +13,7 @@ import torch
 
 from . import io
 from .config import TrainConfig
-from .errors import XlpromptError
+from .errors import WriteFailed, XlpromptError
 
 FILES = {"prompt": "prompt.safetensors", "head": "head.safetensors", "backbone": "backbone.safetensors"}
 
@@ -49,15 +49,20 @@ class Run:
 
         return evaluate(self, languages, **kwargs)
 
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64):
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64) -> list[str]:
+        """The predicted label name of each text (as `xlprompt serve` answers "label")."""
         from .evaluation import predict
 
-        return predict(self.model, texts, self.config.max_length, text_pairs, batch_size)
+        names = self.model_label_names()
+        return [names[i] for i in predict(self.model, texts, self.config.max_length, text_pairs, batch_size)]
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        except OSError as exc:  # a read-only folder: the run there stays as it was
+            raise WriteFailed(out / "run.json", exc) from exc
         materialized = materialize_method(self.model)  # logits unchanged; the saved prompt is final
         state = self.model.trainable_state()
         for part, tensors in state.items():
