@@ -226,8 +226,6 @@ def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_di
 
 @pytest.mark.slow
 def test_int8_close_to_fp32_on_the_offline_default(tmp_path):
-    if not (SHARED_DATA / "sib200").is_dir():
-        pytest.skip(f"SIB-200 data not found at {SHARED_DATA}")
     torch.manual_seed(0)
     run = fit(TrainConfig(method=InputPromptConfig(length=10), shots=8, epochs=2, seed=0), progress=False)
     langs = "eng_Latn,deu_Latn,zho_Hans"

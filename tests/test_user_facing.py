@@ -143,3 +143,29 @@ def test_quickstart_and_its_summary(tmp_path):
     assert f"best: {ranked[0]} {langs[ranked[0]]['accuracy']:.3f}" in report
     assert load(out / "run").config.shots == 1
     assert (out / "results.csv").is_file()
+
+
+def test_bf16_against_fp32(english_run, toy_task):
+    """bf16 autocast (GPU-meant, runs on CPU too) against fp32 on the same rows: it really computes in
+    bf16 (the logits differ), stays within bf16's rounding, and every row whose fp32 decision is not a
+    near tie gets the same label."""
+    import warnings
+
+    import torch
+
+    from xlprompt.inference import precision_context
+
+    frames = [toy_task.load("test", lang) for lang in ("eng_Latn", "deu_Latn")]
+    fp32 = np.concatenate([logits_of(english_run, f) for f in frames])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with precision_context("bf16", english_run.model, torch.device("cpu")):
+            bf16 = np.concatenate([logits_of(english_run, f) for f in frames]).astype(np.float64)
+    assert not np.array_equal(bf16, fp32)
+    # bf16 keeps 8 significant bits (relative rounding 2^-8 per op); a few layers of tiny model: 5% of scale
+    scale = np.abs(fp32).max()
+    assert np.abs(bf16 - fp32).max() <= 0.05 * scale, (np.abs(bf16 - fp32).max(), scale)
+    margin = np.abs(fp32[:, 1] - fp32[:, 0])
+    clear = margin > 2 * np.abs(bf16 - fp32).max()
+    assert clear.mean() > 0.8
+    assert (bf16.argmax(-1) == fp32.argmax(-1))[clear].all()
