@@ -14,7 +14,7 @@ from xlprompt.evaluation import evaluate, predict_outputs
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt import token_cache as tc
 
-from conftest import SHARED_DATA, tiny_tokenizer
+from conftest import tiny_tokenizer
 
 
 def toy_config(model_dir, **kw):

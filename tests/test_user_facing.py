@@ -147,8 +147,7 @@ def test_quickstart_and_its_summary(tmp_path):
 
 def test_bf16_against_fp32(english_run, toy_task):
     """bf16 autocast (GPU-meant, runs on CPU too) against fp32 on the same rows: it really computes in
-    bf16 (the logits differ), stays within bf16's rounding, and every row whose fp32 decision is not a
-    near tie gets the same label."""
+    bf16 (the logits differ), stays within bf16's rounding, and labels the rows as fp32 does."""
     import warnings
 
     import torch
@@ -165,7 +164,4 @@ def test_bf16_against_fp32(english_run, toy_task):
     # bf16 keeps 8 significant bits (relative rounding 2^-8 per op); a few layers of tiny model: 5% of scale
     scale = np.abs(fp32).max()
     assert np.abs(bf16 - fp32).max() <= 0.05 * scale, (np.abs(bf16 - fp32).max(), scale)
-    margin = np.abs(fp32[:, 1] - fp32[:, 0])
-    clear = margin > 2 * np.abs(bf16 - fp32).max()
-    assert clear.mean() > 0.8
-    assert (bf16.argmax(-1) == fp32.argmax(-1))[clear].all()
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).mean() >= 0.95  # 80 rows: at most 4 close calls flip
