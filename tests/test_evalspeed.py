@@ -252,13 +252,14 @@ def test_int8_against_fp32_on_the_offline_default():
     assert evaluated["int8"]["mean"]["accuracy"] == pytest.approx(int8_acc, abs=1e-9)
     assert evaluated["int8"]["speed"]["precision"]["used"] == "int8"
     shift = np.abs(int8 - fp32).max(-1)
-    assert shift.max() > 1e-3  # it did quantize
-    top2 = np.sort(fp32, -1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 2 * shift.max()  # no shift seen could flip these
-    assert (int8.argmax(-1) == fp32.argmax(-1))[clear].all()
+    agreement = (int8.argmax(-1) == fp32.argmax(-1)).mean()
     print(f"\nint8 vs fp32 on 612 sentences: accuracy {fp32_acc:.4f} -> {int8_acc:.4f}, agreement "
-          f"{(int8.argmax(-1) == fp32.argmax(-1)).mean():.4f}, largest logit shift {shift.max():.3f}, "
-          f"clear rows {clear.mean():.3f}")
+          f"{agreement:.4f}, largest logit shift {shift.max():.3f}")
+    assert shift.max() > 1e-3  # it did quantize
+    assert agreement >= 0.8  # measured 0.853 (accuracy 0.4706 -> 0.4346) when this test was written
+    # the documented policy: `auto` takes int8 only once it costs at most 0.5 accuracy points
+    auto = resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0]
+    assert (auto == "int8") == (fp32_acc - int8_acc <= 0.005), (auto, fp32_acc, int8_acc)
     assert resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0] == "fp32"
 
 
