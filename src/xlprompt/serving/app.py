@@ -49,6 +49,8 @@ class ServeSettings:
 
     def __post_init__(self):
         self.token = check_token(self.token)
+        if self.prompts_dir is not None:  # compared with resolved run folders: symlinks and `..` are gone there
+            self.prompts_dir = Path(self.prompts_dir).expanduser().resolve()
         if self.max_client_texts is None:
             self.max_client_texts = max(self.max_texts, self.max_queue // 2)
         if self.max_client_texts < self.max_texts:
