@@ -199,7 +199,7 @@ def test_hot_add_and_remove(server, folders, expected):
             (corrupt / f.name).write_bytes(f.read_bytes())
         (corrupt / "head.safetensors").write_bytes(b"not tensors")
         r = client.post("/prompts", json={"name": "corrupt"})
-        assert r.status_code == 400 and "could not be loaded" in r.json()["error"]
+        assert r.status_code == 400 and "is damaged and cannot be loaded" in r.json()["error"]
         assert str(corrupt.parent) not in r.text and "corrupt" in r.json()["error"]
         r = client.post("/prompts", json={"name": "bad/name", "run": "p1"})
         assert r.status_code == 400 and "not usable" in r.json()["error"]
