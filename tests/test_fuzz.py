@@ -376,5 +376,5 @@ def test_a_table_of_only_empty_fields_is_a_clear_error(tmp_path, fmt, content):
     """Found by the fuzzer: these used to raise IndexError."""
     (tmp_path / "eng").mkdir()
     (tmp_path / "eng" / f"train.{fmt}").write_bytes(content)
-    with pytest.raises(XlpromptError, match="has no header line"):
+    with pytest.raises(XlpromptError, match="has no header line|is empty"):
         custom_label_names(CustomSpec(path=str(tmp_path)), "eng")
