@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py --quick                 # a smoke check, a few minutes on 2 busy cores
     python benchmarks/serve_load.py --out serve_load.json   # the full run
+    python benchmarks/serve_load.py --long 10000 --prompts 8 --texts 1   # memory over a long run
 
 Run folders (real ones, loadable by `xlprompt evaluate`): one base run is trained (SIB-200 English, an input
 prompt of 10, a few shots per class, 1 epoch); the other prompts are new run folders written by `Run.save`
@@ -12,7 +13,11 @@ Prompt values do not change the cost of a forward pass; their kinds and lengths 
 Two servers (`--batching mixed` and `--batching single`) run as child processes on 127.0.0.1, each loaded
 with all prompts; only one is under load at a time. For each prompt count P, `--concurrency` clients send
 requests of `--texts` SIB-200 test sentences (8 languages) with a prompt drawn uniformly from the first P,
-until `--requests` requests were sent or `--seconds` passed.
+until `--requests` requests were sent or `--seconds` passed. Every measurement also reports the errors
+(non-200 answers and failed connections) and the server's resident memory (VmRSS) and peak (VmHWM) after it.
+
+`--long N`: one mixed server, N requests in slices of `--sample-every`, the server's memory after each
+slice, to show whether it grows with the number of requests served (it should not). Loopback only.
 """
 from __future__ import annotations
 
@@ -116,11 +121,15 @@ async def load(url: str, names: list[str], texts: list[str], args, seed: int) ->
                 name, picked = plan[next_request]
                 next_request += 1
                 sent = time.perf_counter()
-                r = await client.post("/classify", json={"prompt": name, "texts": [texts[i] for i in picked]})
-                if r.status_code == 200:
+                try:
+                    r = await client.post("/classify", json={"prompt": name, "texts": [texts[i] for i in picked]})
+                    status = r.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                if status == 200:
                     latencies.append(time.perf_counter() - sent)
                 else:
-                    failures[r.status_code] = failures.get(r.status_code, 0) + 1
+                    failures[status] = failures.get(status, 0) + 1
 
         before = (await client.get("/health")).json()
         started = time.perf_counter()
@@ -135,7 +144,40 @@ async def load(url: str, names: list[str], texts: list[str], args, seed: int) ->
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
             "batches": batches, "forward_passes": after["forward_passes"] - before["forward_passes"],
             "mean_batch": (after["texts"] - before["texts"]) / batches if batches else 0.0,
-            "failures": failures}
+            "failures": failures, "errors": sum(failures.values()), "queued_after": after["queued_texts"]}
+
+
+def server_memory(pid: int) -> dict:
+    """The server process's resident memory now and its peak so far, in MB (Linux /proc)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
+    return out
+
+
+def long_run(process: subprocess.Popen, url: str, names: list[str], texts: list[str], args) -> dict:
+    """`args.long` requests in slices; the server's memory after each slice."""
+    samples, done, started = [], 0, time.perf_counter()
+    while done < args.long:
+        size = min(args.sample_every, args.long - done)
+        part = asyncio.run(load(url, names, texts, argparse.Namespace(**{**vars(args), "requests": size,
+                                                                            "seconds": 1e9}), seed=done))
+        done += size
+        samples.append({"requests": done, "seconds": time.perf_counter() - started, "errors": part["errors"],
+                        "texts_per_second": part["texts_per_second"], "p50_ms": part["p50_ms"],
+                        "p99_ms": part["p99_ms"], "queued_after": part["queued_after"],
+                        **server_memory(process.pid)})
+        s = samples[-1]
+        print(f"{done:>6} requests · {s['texts_per_second']:.1f} texts/s · p99 {s['p99_ms'] or 0:.0f} ms · "
+              f"RSS {s['rss_mb']:.0f} MB (peak {s['peak_rss_mb']:.0f}) · errors {s['errors']}", flush=True)
+    first, last = samples[0], samples[-1]
+    return {"requests": done, "errors": sum(s["errors"] for s in samples), "samples": samples,
+            "rss_after_first_slice_mb": first["rss_mb"], "rss_at_end_mb": last["rss_mb"],
+            "rss_growth_mb": last["rss_mb"] - first["rss_mb"], "peak_rss_mb": last["peak_rss_mb"],
+            "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -154,6 +196,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=8, help="shots per class of the trained base run")
     parser.add_argument("--runs-dir", type=Path, help="keep (and reuse) the run folders here")
     parser.add_argument("--out", type=Path, default=Path("serve_load.json"))
+    parser.add_argument("--long", type=int, help="instead: N requests to one mixed server, its memory over time")
+    parser.add_argument("--sample-every", type=int, default=500, help="--long: requests between memory samples")
     args = parser.parse_args()
     args.requests = args.requests or (48 if args.quick else 400)
     args.seconds = args.seconds or (20.0 if args.quick else 120.0)
@@ -170,6 +214,8 @@ def main() -> None:
     texts = [t for lang in LANGUAGES for t in sib.load("test", lang)["text"].tolist()]
 
     log_path = args.out.with_suffix(".log")
+    if args.long:
+        return long_main(runs, counts, texts, args, log_path, root, started)
     servers = {}
     with open(log_path, "w") as log:
         try:
@@ -182,8 +228,9 @@ def main() -> None:
             for count in counts:
                 names = list(runs)[:count]
                 row = {"prompts": count}
-                for mode, (_, url) in servers.items():
+                for mode, (process, url) in servers.items():
                     row[mode] = asyncio.run(load(url, names, texts, args, seed=count))
+                    row[mode]["server"] = server_memory(process.pid)
                     print(f"{count} prompts, {mode}: {row[mode]['texts_per_second']:.1f} texts/s", flush=True)
                 row["throughput_ratio"] = (row["mixed"]["texts_per_second"] / row["single"]["texts_per_second"]
                                            if row["single"]["texts_per_second"] else None)
@@ -208,9 +255,34 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def long_main(runs, counts, texts, args, log_path, root, started) -> None:
+    names = list(runs)[:max(counts)]
+    with open(log_path, "w") as log:
+        process, url = start_server({n: runs[n] for n in names}, "mixed", args, log)
+        try:
+            wait_ready(process, url)
+            result = long_run(process, url, names, texts, args)
+        finally:
+            process.terminate()
+            code = process.wait(60)
+    print(f"{result['requests']} requests, {result['errors']} errors · RSS after the first "
+          f"{args.sample_every}: {result['rss_after_first_slice_mb']:.0f} MB, at the end "
+          f"{result['rss_at_end_mb']:.0f} MB (growth {result['rss_growth_mb']:+.1f} MB), peak "
+          f"{result['peak_rss_mb']:.0f} MB · server exit code after SIGTERM {code}")
+    from xlprompt.io import write_json
+
+    write_json(args.out, {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                          "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                          "seconds": time.perf_counter() - started, "exit_code": code, "long": result})
+    print(f"wrote {args.out} · server log {log_path}")
+    if args.runs_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def print_table(results: list[dict]) -> None:
     head = (f"{'prompts':>7} | {'batching':>8} | {'texts/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | "
-            f"{'mean batch':>10} | {'passes':>6} | {'requests':>8} | {'failed':>6} | mixed/single")
+            f"{'mean batch':>10} | {'passes':>6} | {'requests':>8} | {'failed':>6} | {'RSS MB':>6} | "
+            f"{'peak MB':>7} | mixed/single")
     print(head)
     print("-" * len(head))
     for row in results:
@@ -219,7 +291,7 @@ def print_table(results: list[dict]) -> None:
             ratio = f"{row['throughput_ratio']:.2f}x" if mode == "mixed" and row["throughput_ratio"] else ""
             print(f"{row['prompts']:>7} | {mode:>8} | {m['texts_per_second']:>8.1f} | {m['p50_ms'] or 0:>8.0f} | "
                   f"{m['p99_ms'] or 0:>8.0f} | {m['mean_batch']:>10.1f} | {m['forward_passes']:>6} | {m['requests']:>8} | "
-                  f"{sum(m['failures'].values()):>6} | {ratio}")
+                  f"{m['errors']:>6} | {m['server']['rss_mb']:>6.0f} | {m['server']['peak_rss_mb']:>7.0f} | {ratio}")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_run_saved_and_loaded_across_dtypes(tiny_model_dir, toy_task, tmp_path):
     again = load(tmp_path / "run", device="cpu")
     bf16 = load(tmp_path / "run", device="cpu", dtype="bf16")
     assert fp32.model.backbone.dtype == torch.float32 and bf16.model.backbone.dtype == torch.bfloat16
-    p32, p32b, p16 = fp32.predict(texts), again.predict(texts), bf16.predict(texts)
+    p32, p32b, p16 = (np.asarray(r.predict(texts)) for r in (fp32, again, bf16))
     assert np.array_equal(p32, p32b)
     assert (p32 == p16).mean() >= 0.9  # within the dtype's tolerance
     results = xlprompt_evaluate(bf16)

@@ -14,7 +14,7 @@ from xlprompt.evaluation import evaluate, predict_outputs
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt import token_cache as tc
 
-from conftest import SHARED_DATA, tiny_tokenizer
+from conftest import tiny_tokenizer
 
 
 def toy_config(model_dir, **kw):
@@ -225,17 +225,42 @@ def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_di
 
 
 @pytest.mark.slow
-def test_int8_close_to_fp32_on_the_offline_default(tmp_path):
-    if not (SHARED_DATA / "sib200").is_dir():
-        pytest.skip(f"SIB-200 data not found at {SHARED_DATA}")
+def test_int8_against_fp32_on_the_offline_default():
+    """int8 is honest about what it costs: it really quantizes (scores move), decisions that are not close
+    calls in fp32 survive it, and `auto` does not pick it on a CPU because over 205 languages it lost more
+    than the 0.5-point bar (benchmarks/README.md). The accuracy change on these 612 sentences is computed
+    from the very same predictions, so it is checked exactly, not within a band."""
+    from xlprompt.collate import encode_texts
+    from xlprompt.evaluation import predict_encoded
+    from xlprompt.inference import precision_context, resolve_precision
+    from xlprompt.tasks import get_task
+
     torch.manual_seed(0)
     run = fit(TrainConfig(method=InputPromptConfig(length=10), shots=8, epochs=2, seed=0), progress=False)
-    langs = "eng_Latn,deu_Latn,zho_Hans"
-    fp32 = evaluate(run, langs, progress=False, precision="fp32", threads=1)
-    int8 = evaluate(run, langs, progress=False, precision="int8", threads=1)
-    delta = int8["mean"]["accuracy"] - fp32["mean"]["accuracy"]
-    assert abs(delta) <= 0.05, delta  # 612 sentences; the 205-language figure is in benchmarks/README.md
-    assert int8["speed"]["precision"]["used"] == "int8" and fp32["speed"]["precision"]["used"] == "fp32"
+    sib = get_task("sib200")
+    frames = [sib.load("test", lang) for lang in ("eng_Latn", "deu_Latn", "zho_Hans")]
+    texts = [t for f in frames for t in f["text"]]
+    gold = np.concatenate([f["label"].to_numpy() for f in frames])
+    enc = encode_texts(run.model.backbone.tokenizer, texts, gold.tolist(), run.config.max_length)
+    fp32 = predict_encoded(run.model, enc).astype(np.float64)
+    with precision_context("int8", run.model, torch.device("cpu")):
+        int8 = predict_encoded(run.model, enc).astype(np.float64)
+    fp32_acc, int8_acc = (fp32.argmax(-1) == gold).mean(), (int8.argmax(-1) == gold).mean()
+    evaluated = {p: evaluate(run, "eng_Latn,deu_Latn,zho_Hans", progress=False, precision=p, threads=1)
+                 for p in ("fp32", "int8")}
+    assert evaluated["fp32"]["mean"]["accuracy"] == pytest.approx(fp32_acc, abs=1e-9)
+    assert evaluated["int8"]["mean"]["accuracy"] == pytest.approx(int8_acc, abs=1e-9)
+    assert evaluated["int8"]["speed"]["precision"]["used"] == "int8"
+    shift = np.abs(int8 - fp32).max(-1)
+    agreement = (int8.argmax(-1) == fp32.argmax(-1)).mean()
+    print(f"\nint8 vs fp32 on 612 sentences: accuracy {fp32_acc:.4f} -> {int8_acc:.4f}, agreement "
+          f"{agreement:.4f}, largest logit shift {shift.max():.3f}")
+    assert shift.max() > 1e-3  # it did quantize
+    assert agreement >= 0.8  # measured 0.853 (accuracy 0.4706 -> 0.4346) when this test was written
+    # the documented policy: `auto` takes int8 only once it costs at most 0.5 accuracy points
+    auto = resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0]
+    assert (auto == "int8") == (fp32_acc - int8_acc <= 0.005), (auto, fp32_acc, int8_acc)
+    assert resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0] == "fp32"
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -33,8 +33,10 @@ def _data_root() -> Path:
 
 def _texts(lang: str) -> list[str]:
     path = _data_root() / "sib200" / lang / "test.tsv"
-    if not path.is_file():
-        pytest.skip(f"SIB-200 data not found at {path} (set XLPROMPT_DATA to the folder holding sib200/)")
+    if not path.is_file():  # a clean clone: the packaged table holds the same sentences
+        from xlprompt.data.sib200 import load_sib200
+
+        return load_sib200("test", lang, source="packaged")["text"].tolist()[:PER_LANGUAGE]
     with open(path, encoding="utf-8", newline="") as fh:
         return [row["text"] for row in csv.DictReader(fh, delimiter="\t")][:PER_LANGUAGE]
 

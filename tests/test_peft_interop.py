@@ -17,7 +17,7 @@ from xlprompt.run import Run
 
 from conftest import toy_frame
 
-peft = pytest.importorskip("peft")
+import peft  # noqa: E402  (the test extra installs it: a broken install fails here, not skips)
 TOL = 1e-5
 
 

@@ -223,6 +223,35 @@ def test_xquad_article_split_and_hub_fallback(monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def qa_data(tmp_path_factory):
+    """The shared XQuAD/MLQA folder when present; else (a clean clone) small files in their real format:
+    SQuAD-v1.1 JSON, XQuAD's 48 parallel article titles (its train/dev/test split hashes them), MLQA's
+    dev-context-L-question-L.json names."""
+    if (SHARED_DATA / "xquad").is_dir():
+        return SHARED_DATA
+    root = tmp_path_factory.mktemp("qa-data")
+    (root / "xquad").mkdir()
+    (root / "mlqa" / "dev").mkdir(parents=True)
+
+    def article(title: str, k: int) -> dict:
+        context = f"The river number {k} flows through the old town of Vel{k}. Its water is cold and clear."
+        qas = []
+        for j, (question, answer) in enumerate([(f"Where does river {k} flow?", f"the old town of Vel{k}"),
+                                                (f"How is the water of river {k}?", "cold and clear")]):
+            qas.append({"id": f"q{k}-{j}", "question": question,
+                        "answers": [{"text": answer, "answer_start": context.index(answer)}]})
+        return {"title": title, "paragraphs": [{"context": context, "qas": qas}]}
+
+    for language in ("en", "zh", "th", "ar"):
+        data = {"data": [article(f"Article {k}", k) for k in range(48)], "version": "1.1"}
+        (root / "xquad" / f"xquad.{language}.json").write_text(json.dumps(data), encoding="utf-8")
+    for language in ("en", "de"):
+        data = {"data": [article(f"MLQA {k}", 100 + k) for k in range(6)], "version": "1.0"}
+        (root / "mlqa" / "dev" / f"dev-context-{language}-question-{language}.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_e5_dir(tmp_path_factory, e5_tokenizer):
     """A 2-layer random BERT with the offline default's tokenizer: real offsets, 512 positions for 384 windows."""
     import transformers as tf
@@ -236,19 +265,22 @@ def tiny_e5_dir(tmp_path_factory, e5_tokenizer):
     return path
 
 
-@needs_data
 @pytest.mark.parametrize("task,method,langs,split,sizes", [
     # XQuAD's 4 dev articles (95 questions a language) keep this quick; the split sizes are checked above
     ("xquad", {"type": "finetune"}, "en,zh,th", "dev", {"en": 95, "zh": 95, "th": 95}),
     ("xquad", {"type": "deep_prompt", "length": 4}, "ar", "dev", {"ar": 95}),
     ("mlqa", {"type": "input_prompt", "length": 4}, "de", None, {"de": 512}),
 ])
-def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, sizes):
+def test_tasks_end_to_end(tiny_e5_dir, qa_data, tmp_path, task, method, langs, split, sizes):
     import xlprompt
+    from xlprompt.data import squad
     from xlprompt.evaluation import evaluate  # not xlprompt.evaluate: importing the submodule shadows that function
 
+    if qa_data != SHARED_DATA:  # synthetic files: their own sizes, counted by the readers
+        load = squad.load_xquad if task == "xquad" else squad.load_mlqa
+        sizes = {code: len(load(split or "dev", code, qa_data)) for code in sizes}
     config = xlprompt.TrainConfig(task=task, model=str(tiny_e5_dir), method=method, shots=8, epochs=1,
-                                  data_dir=str(SHARED_DATA), lr=1e-2)
+                                  data_dir=str(qa_data), lr=1e-2)
     run = xlprompt.fit(config, progress=False)
     assert run.info["train_examples"] >= 8 and np.isfinite(run.curve[0]["dev_loss"])
     assert {"dev_exact_match", "dev_f1"} <= set(run.curve[0])
@@ -263,7 +295,8 @@ def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, siz
     if method["type"] == "deep_prompt":
         # MLQA has no training set: an XQuAD run is scored on it as it is (`xlprompt evaluate --task mlqa`)
         on_mlqa = evaluate(run, "de", task="mlqa", progress=False)
-        assert on_mlqa["task"] == "mlqa" and on_mlqa["split"] == "dev" and on_mlqa["languages"]["de"]["n"] == 512
+        mlqa_de = 512 if qa_data == SHARED_DATA else len(squad.load_mlqa("dev", "de", qa_data))
+        assert on_mlqa["task"] == "mlqa" and on_mlqa["split"] == "dev" and on_mlqa["languages"]["de"]["n"] == mlqa_de
         with pytest.raises(XlpromptError, match="cannot be scored on 'xnli'"):
             evaluate(run, "de", task="xnli", progress=False)
     # the trained head (and prompt or model) survive a save/load round trip
@@ -278,8 +311,8 @@ def test_tasks_end_to_end(tiny_e5_dir, tmp_path, task, method, langs, split, siz
         # the CLI's table sorts by the task's own metric (it used to assume accuracy and crash after evaluating)
         out = tmp_path / "ar.json"
         done = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--langs", "ar", "--split", "dev",
-                                        "--out", str(out)])
+                                        "--data-dir", str(qa_data), "--out", str(out)])
         assert done.exit_code == 0, done.output
-        assert "exact_match" in done.output and json.loads(out.read_text())["languages"]["ar"]["n"] == 95
+        assert "exact_match" in done.output and json.loads(out.read_text())["languages"]["ar"]["n"] == sizes["ar"]
         refused = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--sort", "accuracy"])
         assert refused.exit_code == 2 and "metrics are exact_match, f1" in refused.output

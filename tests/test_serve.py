@@ -23,6 +23,8 @@ from xlprompt.serving.batcher import Batcher, Job, QueueFull
 from serving_runs import TEXTS, register_toy3, train_runs
 
 SERVED = ["p1", "p3", "d2", "d4", "h0"]  # p5 is hot-added in a test
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @contextmanager
@@ -72,7 +74,8 @@ def new_bank(tiny_model_dir, folders, names=SERVED):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, folders):
-    settings = ServeSettings(max_batch=16, max_wait_ms=5, max_queue=512, max_texts=8, max_chars=200)
+    settings = ServeSettings(max_batch=16, max_wait_ms=5, max_queue=512, max_texts=8, max_chars=200, token=TOKEN,
+                             prompts_dir=folders["p1"].parent.resolve())
     with serving(new_bank(tiny_model_dir, folders), settings) as (url, app):
         yield url
 
@@ -175,32 +178,35 @@ def test_chunked_body_over_the_limit_is_refused(server):
     assert r.status_code == 413
 
 
-def test_hot_add_and_remove(server, folders, expected, tmp_path):
-    with httpx.Client(base_url=server) as client:
+def test_hot_add_and_remove(server, folders, expected):
+    with httpx.Client(base_url=server, headers=AUTH) as client:
         r = client.post("/classify", json={"prompt": "p5", "texts": ["alpha"]})
         assert r.status_code == 404
-        r = client.post("/prompts", json={"name": "p5", "path": str(folders["p5"])})
+        r = client.post("/prompts", json={"name": "p5"})  # the run folder p5 in the prompts directory
         assert r.status_code == 201, r.text
-        assert r.json()["name"] == "p5" and r.json()["prompt_length"] == 5
+        assert r.json()["name"] == "p5" and r.json()["prompt_length"] == 5 and r.json()["run"] == "p5"
         r = client.post("/classify", json={"prompt": "p5", "texts": TEXTS[:4]})
         assert r.status_code == 200, r.text
         check_answer(r.json(), "p5", [0, 1, 2, 3], expected)
         assert "p5" in [p["name"] for p in client.get("/prompts").json()["prompts"]]
-        r = client.post("/prompts", json={"name": "p5", "path": str(folders["p1"])})
+        r = client.post("/prompts", json={"name": "p5", "run": "p1"})
         assert r.status_code == 409 and "already loaded" in r.json()["error"]
-        r = client.post("/prompts", json={"name": "ghost", "path": str(tmp_path / "missing")})
-        assert r.status_code == 400 and "not a complete xlprompt run folder" in r.json()["error"]
-        corrupt = tmp_path / "corrupt"
+        r = client.post("/prompts", json={"name": "ghost"})
+        assert r.status_code == 400 and "no run folder 'ghost' in the prompts directory" in r.json()["error"]
+        corrupt = folders["p1"].parent / "corrupt"
         corrupt.mkdir()
         for f in folders["p1"].iterdir():
             (corrupt / f.name).write_bytes(f.read_bytes())
         (corrupt / "head.safetensors").write_bytes(b"not tensors")
-        r = client.post("/prompts", json={"name": "corrupt", "path": str(corrupt)})
-        assert r.status_code == 400 and "could not be loaded" in r.json()["error"]
-        r = client.post("/prompts", json={"name": "bad/name", "path": str(folders["p1"])})
+        r = client.post("/prompts", json={"name": "corrupt"})
+        assert r.status_code == 400 and "is damaged and cannot be loaded" in r.json()["error"]
+        assert str(corrupt.parent) not in r.text and "corrupt" in r.json()["error"]
+        r = client.post("/prompts", json={"name": "bad/name", "run": "p1"})
         assert r.status_code == 400 and "not usable" in r.json()["error"]
-        r = client.post("/prompts", json={"name": "x"})
-        assert r.status_code == 422 and "path: Field required" in r.json()["error"]
+        r = client.post("/prompts", json={"name": "x", "path": str(folders["p1"])})
+        assert r.status_code == 400 and "takes no path" in r.json()["error"]
+        r = client.post("/prompts", json={"run": "p1"})
+        assert r.status_code == 422 and "name: Field required" in r.json()["error"]
         r = client.delete("/prompts/p5")
         assert r.status_code == 200 and r.json() == {"removed": "p5"}
         assert client.post("/classify", json={"prompt": "p5", "texts": ["alpha"]}).status_code == 404
@@ -237,7 +243,7 @@ def test_full_queue_answers_503_and_a_failing_run_fails_only_its_requests(tiny_m
         raise RuntimeError("head exploded")
 
     bank.get("broken").model.head.forward = broken
-    settings = ServeSettings(max_batch=4, max_wait_ms=0, max_queue=4, max_texts=4)
+    settings = ServeSettings(max_batch=4, max_wait_ms=0, max_queue=4, max_texts=4, max_client_texts=16)
     with serving(bank, settings) as (url, app), ThreadPoolExecutor(4) as pool, httpx.Client(base_url=url) as client:
         gate = app.state.batcher.forward = Gate(app.state.batcher.forward)
         post = lambda name, idx: client.post("/classify", json={"prompt": name, "texts": [TEXTS[i] for i in idx]})
@@ -259,9 +265,10 @@ def test_full_queue_answers_503_and_a_failing_run_fails_only_its_requests(tiny_m
 
 
 def test_read_only_server(tiny_model_dir, folders):
-    with serving(new_bank(tiny_model_dir, folders, ["p1"]), ServeSettings(allow_changes=False)) as (url, app):
-        with httpx.Client(base_url=url) as client:
-            r = client.post("/prompts", json={"name": "d2", "path": str(folders["d2"])})
+    settings = ServeSettings(allow_changes=False, token=TOKEN, prompts_dir=folders["p1"].parent)
+    with serving(new_bank(tiny_model_dir, folders, ["p1"]), settings) as (url, app):
+        with httpx.Client(base_url=url, headers=AUTH) as client:
+            r = client.post("/prompts", json={"name": "d2"})
             assert r.status_code == 403 and "--read-only" in r.json()["error"]
             assert client.delete("/prompts/p1").status_code == 403
 

@@ -13,7 +13,7 @@ import torch
 
 from . import io
 from .config import TrainConfig
-from .errors import XlpromptError
+from .errors import WriteFailed, XlpromptError
 from .state import FILES, load_trainable_state
 
 
@@ -50,15 +50,21 @@ class Run:
         return evaluate(self, languages, **kwargs)
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64,
-                engine: str = "auto"):
+                engine: str = "auto") -> list[str]:
+        """The predicted label name of each text (as `xlprompt serve` answers "label")."""
         from .evaluation import predict
 
-        return predict(self.model, texts, self.config.max_length, text_pairs, batch_size, engine=engine)
+        names = self.model_label_names()
+        return [names[i] for i in predict(self.model, texts, self.config.max_length, text_pairs, batch_size,
+                                          engine=engine)]
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run.json").unlink(missing_ok=True)  # the folder is incomplete until run.json is back
+        except OSError as exc:  # a read-only folder: the run there stays as it was
+            raise WriteFailed(out / "run.json", exc) from exc
         materialized = materialize_method(self.model)  # logits unchanged; the saved prompt is final
         state = self.model.trainable_state()
         for part, tensors in state.items():
@@ -102,8 +108,23 @@ class Run:
             hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
             raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
                                 "train one with `xlprompt train --out DIR`.")
+        try:
+            return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state, device, dtype)
+        except XlpromptError as exc:
+            if str(run_dir) in str(exc):
+                raise
+            raise XlpromptError(f"{run_dir}: {exc}") from None
+        except Exception as exc:  # a damaged folder: truncated JSON or tensors, values of the wrong type
+            raise XlpromptError(f"{run_dir} is damaged and cannot be loaded ({type(exc).__name__}: {exc}); "
+                                "train it again or restore the folder from a copy.") from exc
+
+    @classmethod
+    def _load(cls, run_dir: Path, backbone, build_classifier, get_task_for, load_trainable_state,
+              device=None, dtype=None) -> "Run":
         config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
         meta = io.read_json(run_dir / "run.json")
+        if not isinstance(meta, dict):
+            raise XlpromptError(f"{run_dir}/run.json is not a JSON object: the run folder is damaged.")
         # the saved tensors replace the initial prompt, so do not re-run an init that reads other runs
         # (init=run:DIR would fail once DIR is moved or deleted)
         shell = config

@@ -58,6 +58,9 @@ def _read_cached(path: str, fmt: str, stamp: tuple) -> tuple[tuple[str, ...], li
         reader = csv.reader(io.StringIO(content, newline=""))  # quoted fields may span lines
         lines = [(reader.line_num, fields) for fields in reader]
     lines = [(n, fields) for n, fields in lines if any(f.strip() for f in fields)]
+    if not lines:  # e.g. only separators or empty quoted fields
+        raise XlpromptError(f"{path} has no header line, only empty fields; expected a header line and one "
+                            "example per line.")
     header = tuple(h.strip() for h in lines[0][1])
     rows = []
     for line, fields in lines[1:]:

@@ -112,7 +112,10 @@ def load_grid(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise XlpromptError(f"Grid file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise XlpromptError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8.") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml

@@ -2,7 +2,8 @@
 
 Every error answers JSON `{"error": "..."}` with a 4xx status saying what to change (5xx only for a
 failed forward pass or a full queue), and never stops the server: validation happens on the event loop
-before anything reaches the model, and a failing batch fails only the requests in it.
+before anything reaches the model, and a failing batch fails only the requests in it. What clients may
+change, and what answers may reveal, is in `access.py`: no answer holds a server path.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import json
 import logging
 import math
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ..errors import XlpromptError
+from .access import ClientLimit, Scrubber, bearer_matches, check_token, public_model, resolve_run
 from .batcher import MODES, Batcher, Closed, Job, QueueFull
 from .multi import DuplicateName, PromptBank, to_prediction
 
@@ -38,9 +41,23 @@ class ServeSettings:
     max_texts: int = 256       # per request
     max_chars: int = 2000      # per text
     batching: str = "mixed"    # mixed: any prompts in a batch; single: one prompt per batch (baseline)
-    allow_changes: bool = True  # POST/DELETE /prompts
+    allow_changes: bool = True  # POST/DELETE /prompts (they also need a token)
+    token: str | None = field(default=None, repr=False)  # bearer token for POST/DELETE /prompts
+    prompts_dir: Path | None = None  # POST /prompts loads run folders from here only, by name
+    max_client_texts: int | None = None  # texts one client may have queued or in a batch (None: half the queue)
+    drain_seconds: float = 10.0  # on SIGTERM, how long queued requests may take to finish
 
     def __post_init__(self):
+        self.token = check_token(self.token)
+        if self.prompts_dir is not None:  # compared with resolved run folders: symlinks and `..` are gone there
+            self.prompts_dir = Path(self.prompts_dir).expanduser().resolve()
+        if self.max_client_texts is None:
+            self.max_client_texts = max(self.max_texts, self.max_queue // 2)
+        if self.max_client_texts < self.max_texts:
+            raise XlpromptError(f"--max-client-texts {self.max_client_texts} is below --max-texts {self.max_texts}: "
+                                "a full request could never be queued.")
+        if self.drain_seconds < 0:
+            raise XlpromptError(f"--drain-seconds must be >= 0, got {self.drain_seconds}.")
         for name in ("max_batch", "max_queue", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise XlpromptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
@@ -51,6 +68,11 @@ class ServeSettings:
                                 "could never be queued.")
         if self.batching not in MODES:
             raise XlpromptError(f"Unknown --batching {self.batching!r}: use mixed or single.")
+
+    def public(self) -> dict:
+        """The settings as /health shows them: whether a token and a prompts directory are set, not what."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("token", "prompts_dir")}
+        return {**out, "token": self.token is not None, "prompts_dir": self.prompts_dir is not None}
 
     def body_limit(self) -> int:
         """Bytes a largest valid request can take: texts and pairs, each char up to 6 bytes as a JSON escape."""
@@ -68,7 +90,8 @@ class ClassifyRequest(BaseModel):
 class AddPromptRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     name: str
-    path: str
+    run: str | None = None   # a run folder inside the prompts directory (default: `name`)
+    path: str | None = None  # refused with a message: the API of earlier releases
 
 
 def _schema(model) -> dict:
@@ -160,6 +183,20 @@ async def parse(request: Request, model):
         fail(422, _error_list(exc.errors()))
 
 
+async def answered_or_left(request: Request, answer: asyncio.Future) -> bool:
+    """Wait for the batcher's answer; False as soon as the client disconnects instead."""
+    async def left():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(left())
+    try:
+        await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    return answer.done()
+
+
 def create_app(bank: PromptBank, settings: ServeSettings | None = None):
     """The ASGI app; its lifespan starts and stops the model worker."""
     settings = settings or ServeSettings()
@@ -176,20 +213,38 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
     app = FastAPI(title="xlprompt serve", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=settings.body_limit())
-    app.state.bank, app.state.batcher, app.state.settings = bank, batcher, settings
+    limits = ClientLimit(settings.max_client_texts)
+    scrub = Scrubber(settings.prompts_dir, (bank.backbone.name, Path.home(), Path.cwd()))
+    app.state.bank, app.state.batcher, app.state.settings, app.state.limits = bank, batcher, settings, limits
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": scrub(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):  # path parameters
-        return JSONResponse({"error": _error_list(exc.errors())}, status_code=422)
+        return JSONResponse({"error": scrub(_error_list(exc.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"error": scrub(f"internal error: {type(exc).__name__}: {exc}")}, status_code=500)
+
+    def authorize(request: Request, action: str) -> None:
+        if not settings.allow_changes:
+            fail(403, f"this server was started with --read-only: prompts cannot be {action}.")
+        if settings.token is None:
+            fail(403, f"this server was started without --token (or XLPROMPT_TOKEN): prompts cannot be {action}.")
+        if not bearer_matches(settings.token, request.headers.get("authorization")):
+            raise HTTPException(401, "send the server's token as 'Authorization: Bearer TOKEN' to change prompts.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def public_info(entry) -> dict:
+        info = {k: v for k, v in entry.info().items() if k != "path"}
+        root = settings.prompts_dir
+        inside = root is not None and entry.path.is_relative_to(root)
+        return {**info, "run": str(entry.path.relative_to(root)) if inside else entry.path.name,
+                "model": public_model(info["model"])}
 
     def lookup(name: str):
         try:
@@ -214,15 +269,24 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
                 answer.set_result(job)
 
         job = Job(entry, ids, lambda job: loop.call_soon_threadsafe(settle, job))
+        client = request.client.host if request.client else "unknown"
+        if not limits.take(client, len(job)):
+            raise HTTPException(429, f"this client has {limits.in_flight.get(client, 0)} texts waiting or in a batch "
+                                     f"and this request adds {len(job)} (at most {limits.limit} at once): wait for "
+                                     "the answers first", headers={"Retry-After": "1"})
         try:
-            batcher.submit(job)
-        except (QueueFull, Closed) as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
-        try:
-            await answer
-        except asyncio.CancelledError:  # the client left: its rows not yet in a batch are skipped
-            job.cancelled = True
+            try:
+                batcher.submit(job)
+            except (QueueFull, Closed) as exc:
+                raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+            if not await answered_or_left(request, answer):
+                batcher.cancel(job)  # the client left: its rows not yet in a batch are dropped now
+                return JSONResponse({"error": "the client disconnected"}, status_code=499)
+        except asyncio.CancelledError:
+            batcher.cancel(job)
             raise
+        finally:
+            limits.give(client, len(job))
         if isinstance(job.error, Closed):
             fail(503, str(job.error))
         if job.error is not None:
@@ -237,26 +301,28 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
     @app.get("/prompts")
     async def prompts():
-        return {"prompts": [r.info() for r in bank.runs()]}
+        return {"prompts": [public_info(r) for r in bank.runs()]}
 
     @app.post("/prompts", status_code=201, openapi_extra=_schema(AddPromptRequest))
     async def add_prompt(request: Request):
-        if not settings.allow_changes:
-            fail(403, "this server was started with --read-only: prompts cannot be added.")
+        authorize(request, "added")
         req = await parse(request, AddPromptRequest)
+        if req.path is not None:
+            fail(400, "POST /prompts takes no path: give the run folder's name inside the server's prompts "
+                      'directory, {"name": NAME, "run": FOLDER}.')
         try:
-            entry = await run_in_threadpool(bank.add, req.name, req.path)
+            run_dir = resolve_run(settings.prompts_dir, req.run if req.run is not None else req.name)
+            entry = await run_in_threadpool(bank.add, req.name, run_dir)
         except DuplicateName as exc:
             fail(409, str(exc))
         except XlpromptError as exc:
             fail(400, str(exc))
         log.info("added prompt %s from %s", entry.name, entry.path)
-        return entry.info()
+        return public_info(entry)
 
     @app.delete("/prompts/{name}")
-    async def remove_prompt(name: str):
-        if not settings.allow_changes:
-            fail(403, "this server was started with --read-only: prompts cannot be removed.")
+    async def remove_prompt(name: str, request: Request):
+        authorize(request, "removed")
         try:
             entry = bank.remove(name)
         except KeyError as exc:
@@ -267,11 +333,11 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
     @app.get("/health")
     async def health():
         stats = dict(batcher.stats)
-        body = {"status": "ok" if batcher.alive else "model worker stopped", "model": bank.backbone.name,
+        body = {"status": "ok" if batcher.alive else "model worker stopped", "model": public_model(bank.backbone.name),
                 "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "queued_texts": batcher.queued,
                 **stats, "mean_batch": stats["texts"] / stats["batches"] if stats["batches"] else 0.0,
                 "forward_passes": bank.forward_passes,  # batches split by length (--max-padding)
-                "settings": {**asdict(settings), "max_padding": bank.max_padding}}
+                "settings": {**settings.public(), "max_padding": bank.max_padding}}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     return app
@@ -285,8 +351,9 @@ def make_server(bank: PromptBank, settings: ServeSettings | None = None, host: s
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise XlpromptError("xlprompt serve needs uvicorn: pip install 'xlprompt[serve]'.") from exc
 
+    settings = settings or ServeSettings()
     config = uvicorn.Config(create_app(bank, settings), host=host, port=port, log_level=log_level,
-                            lifespan="on", timeout_graceful_shutdown=10)
+                            lifespan="on", timeout_graceful_shutdown=settings.drain_seconds)
     return uvicorn.Server(config)
 
 

@@ -97,6 +97,12 @@ class Batcher:
             self._queued += len(job)
             self._cond.notify()
 
+    def cancel(self, job: Job) -> None:
+        """The client left: drop its rows that wait now (rows already in a batch still finish)."""
+        with self._cond:
+            job.cancelled = True
+            self._drop_dead()
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work, let the batch in progress finish, fail what still waits."""
         with self._cond:

@@ -114,8 +114,11 @@ def read_servable_config(run_dir: Path) -> TrainConfig:
         raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}).")
     try:
         config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
-    except (OSError, ValueError) as exc:
-        raise XlpromptError(f"{run_dir}/config.json cannot be read ({exc}): the run folder is damaged.") from exc
+    except XlpromptError as exc:
+        raise XlpromptError(f"{run_dir}/config.json: {exc}") from None
+    except Exception as exc:  # missing, truncated, or values of the wrong type
+        raise XlpromptError(f"{run_dir}/config.json cannot be read ({type(exc).__name__}: {exc}): the run folder "
+                            "is damaged.") from exc
     if not config.freeze_model or config.method.trains_backbone:
         raise XlpromptError(f"{run_dir} trained the model's own weights ({config.method.type}, freeze_model="
                             f"{config.freeze_model}): its model differs from the shared frozen one, so it cannot "

@@ -1,0 +1,266 @@
+"""`xlprompt serve` safe to expose: prompts by name from --prompts-dir only, a bearer token for changes,
+no server path in any answer, loopback unless a token is set, per-client limits, disconnects, SIGTERM."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from xlprompt.errors import XlpromptError
+from xlprompt.serving.access import (Scrubber, bearer_matches, check_bind, check_token, is_loopback,
+                                     public_model, resolve_run)
+from xlprompt.serving.app import ServeSettings
+
+from serving_runs import TEXTS, register_toy3, train_runs
+from test_serve import Gate, new_bank, serving, wait_for
+
+TOKEN = "sec-token-abcdefghijklmnop"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_model_dir, toy_task, tmp_path_factory):
+    """A prompts directory with two runs, a run folder outside it, and symlinks in it: one out, one in."""
+    register_toy3()
+    base = tmp_path_factory.mktemp("security")
+    prompts = base / "prompts"
+    runs = train_runs(tiny_model_dir("xlm-roberta"), prompts, ["p1", "d2"])
+    outside = train_runs(tiny_model_dir("xlm-roberta"), base / "elsewhere", ["p3"])["p3"]
+    (prompts / "escape").symlink_to(outside, target_is_directory=True)
+    (prompts / "team").mkdir()
+    (prompts / "team" / "alias").symlink_to(runs["p1"], target_is_directory=True)
+    return {"base": base, "prompts": prompts, "runs": runs, "outside": outside}
+
+
+@pytest.fixture(scope="module")
+def secure(tiny_model_dir, layout):
+    settings = ServeSettings(max_batch=8, max_wait_ms=2, max_texts=8, max_queue=64, token=TOKEN,
+                             prompts_dir=layout["prompts"].resolve())
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1"])
+    with serving(bank, settings) as (url, app):
+        yield url, app
+
+
+def test_resolve_run_refuses_escapes(layout):
+    root = layout["prompts"].resolve()
+    assert resolve_run(root, "p1") == layout["runs"]["p1"].resolve()
+    assert resolve_run(root, "team/alias") == layout["runs"]["p1"].resolve()  # a symlink that stays inside
+    refused = {"../elsewhere/p3": "not a name inside", "..": "not a name inside", "p1/../d2": "not a name inside",
+               str(layout["outside"]): "not a name inside", "/etc": "not a name inside", "./p1": "not a name inside",
+               "p1/": "not a name inside", "a\\..\\b": "not a name inside", "escape": "leaves the prompts directory",
+               "": "1-300 characters", "x" * 301: "1-300 characters", "missing": "no run folder 'missing'"}
+    for run, message in refused.items():
+        with pytest.raises(XlpromptError, match=message):
+            resolve_run(root, run)
+    with pytest.raises(XlpromptError, match="no --prompts-dir"):
+        resolve_run(None, "p1")
+    # no oracle: a name outside that exists and one that does not give the same answer
+    messages = []
+    for target in ("../elsewhere", "../nowhere-at-all"):
+        with pytest.raises(XlpromptError) as err:
+            resolve_run(root, target)
+        messages.append(str(err.value).replace(target, "X"))
+    assert messages[0] == messages[1]
+
+
+def test_escapes_over_http_and_no_server_paths(secure, layout, tiny_model_dir):
+    url, app = secure
+    bodies = []
+    server_paths = [str(layout["base"]), str(layout["base"].resolve()), str(tiny_model_dir("xlm-roberta")),
+                    str(os.path.expanduser("~")), os.getcwd()]
+    with httpx.Client(base_url=url, headers=AUTH) as client:
+        for run in ("../elsewhere/p3", str(layout["outside"]), "escape", "/etc/passwd", "../../../../etc"):
+            r = client.post("/prompts", json={"name": "evil", "run": run})
+            assert r.status_code == 400, (run, r.text)
+            bodies.append(r.text)
+        r = client.post("/prompts", json={"name": "evil", "path": str(layout["outside"])})
+        assert r.status_code == 400 and "takes no path" in r.text
+        bodies.append(r.text)
+        broken = layout["prompts"] / "broken"
+        broken.mkdir(exist_ok=True)
+        for f in layout["runs"]["d2"].iterdir():
+            (broken / f.name).write_bytes(f.read_bytes())
+        (broken / "config.json").write_text("{not json")
+        half = layout["prompts"] / "half"
+        half.mkdir(exist_ok=True)
+        for name, status in [("broken", 400), ("half", 400), ("missing", 400)]:
+            r = client.post("/prompts", json={"name": name})
+            assert r.status_code == status, r.text
+            bodies.append(r.text)
+            assert name in r.json()["error"]
+        r = client.post("/prompts", json={"name": "d2b", "run": "d2"})
+        assert r.status_code == 201, r.text
+        assert r.json()["run"] == "d2" and "path" not in r.json()
+        bodies.append(r.text)
+        r = client.post("/prompts", json={"name": "alias", "run": "team/alias"})
+        assert r.status_code == 201 and r.json()["run"] == "p1"  # by where it resolves, inside the folder
+        for path in ("/prompts", "/health", "/openapi.json", "/nowhere"):
+            bodies.append(client.get(path).text)
+        bodies.append(client.post("/classify", json={"prompt": "zzz", "texts": ["alpha"]}).text)
+        bodies.append(client.post("/classify", json={"prompt": "p1", "texts": ["alpha"]}).text)
+        bodies.append(client.delete("/prompts/alias").text)
+    for body in bodies:
+        for path in server_paths:
+            assert path not in body, (path, body)
+    health = httpx.get(url + "/health").json()
+    assert health["settings"]["token"] is True and health["settings"]["prompts_dir"] is True
+    assert TOKEN not in str(health)
+
+
+def test_token_is_required_and_checked(secure):
+    url, _ = secure
+    with httpx.Client(base_url=url) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+            r = client.post("/prompts", json={"name": "d2"}, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+            assert "Authorization: Bearer TOKEN" in r.json()["error"]
+            assert client.delete("/prompts/p1", headers=headers).status_code == 401
+        assert "d2" not in [p["name"] for p in client.get("/prompts").json()["prompts"]]
+        r = client.post("/prompts", json={"name": "d2"}, headers={"Authorization": f"bearer {TOKEN}"})
+        assert r.status_code == 201, r.text
+        assert client.delete("/prompts/d2", headers=AUTH).status_code == 200
+
+
+def test_changes_refused_without_a_configured_token(tiny_model_dir, layout):
+    settings = ServeSettings(prompts_dir=layout["prompts"].resolve())
+    with serving(new_bank(tiny_model_dir, layout["runs"], ["p1"]), settings) as (url, _):
+        with httpx.Client(base_url=url) as client:
+            for headers in ({}, {"Authorization": "Bearer anything-at-all-here"}):
+                r = client.post("/prompts", json={"name": "d2"}, headers=headers)
+                assert r.status_code == 403 and "without --token" in r.json()["error"]
+                assert client.delete("/prompts/p1", headers=headers).status_code == 403
+            assert client.post("/classify", json={"prompt": "p1", "texts": ["alpha"]}).status_code == 200
+
+
+def test_token_and_bind_rules():
+    assert check_token(None) is None and check_token("") is None
+    for bad in ("short", "x" * 15, "has a space in it ok", "tab\tinside-the-token", "ünïcödé-token-0123456789"):
+        with pytest.raises(XlpromptError, match="at least 16 printable ASCII"):
+            check_token(bad)
+    assert bearer_matches(TOKEN, f"Bearer {TOKEN}") and not bearer_matches(TOKEN, None)
+    assert not bearer_matches(TOKEN, f"Bearer {TOKEN[:-1]}") and not bearer_matches(TOKEN, "Bearer ")
+    assert not bearer_matches(TOKEN, "Bearer ünï")  # non-ASCII header text is a mismatch, not a crash
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert is_loopback(host), host
+        check_bind(host, None, False)
+    for host in ("0.0.0.0", "::", "192.0.2.1", "no-such-host.invalid"):
+        assert not is_loopback(host), host
+        with pytest.raises(XlpromptError, match="--insecure"):
+            check_bind(host, None, False)
+        check_bind(host, TOKEN, False)
+        check_bind(host, None, True)
+
+
+def test_cli_refuses_exposed_bind_without_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+
+    monkeypatch.delenv("XLPROMPT_TOKEN", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "--insecure" in result.output and "--token" in result.output
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--token", "short"])
+    assert result.exit_code == 2 and "at least 16" in result.output
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--host", "0.0.0.0"], env={"XLPROMPT_TOKEN": "short"})
+    assert result.exit_code == 2 and "at least 16" in result.output  # the variable is read
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--prompts-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_scrubber_and_public_model(tmp_path):
+    scrub = Scrubber(tmp_path, (str(tmp_path / "model"),))
+    assert scrub(f"{tmp_path}/p1/config.json is damaged") == "p1/config.json is damaged"
+    assert scrub(f"'{tmp_path}' is bad") == "'<prompts-dir>' is bad"
+    assert scrub("loaded /opt/models/x/weights.bin fine") == "loaded <server path> fine"
+    assert scrub("C:\\Users\\me\\run is bad") == "<server path> is bad"
+    assert scrub("texts[1] has 240 characters; at most 200; label a/b") == "texts[1] has 240 characters; at most 200; label a/b"
+    assert public_model(str(tmp_path)) == tmp_path.name
+    assert public_model("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
+
+
+def test_per_client_limit_and_disconnect_drop_queued_texts(tiny_model_dir, layout):
+    settings = ServeSettings(max_batch=4, max_wait_ms=0, max_queue=64, max_texts=4, max_client_texts=8)
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1", "d2"])
+    with serving(bank, settings) as (url, app), ThreadPoolExecutor(2) as pool, httpx.Client(base_url=url) as client:
+        batcher, limits = app.state.batcher, app.state.limits
+        gate = batcher.forward = Gate(batcher.forward)
+        post = lambda name, n: client.post("/classify", json={"prompt": name, "texts": TEXTS[:n]})
+        held = pool.submit(post, "p1", 4)  # in the worker, held by the gate
+        assert gate.entered.wait(10)
+        # a client that sends 3 texts and leaves before the answer
+        port = int(url.rsplit(":", 1)[1])
+        body = b'{"prompt": "d2", "texts": ["alpha", "beta", "yes"]}'
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            wait_for(lambda: batcher.queued == 3)
+            assert limits.in_flight == {"127.0.0.1": 7}
+            r = post("p1", 2)  # 7 + 2 > 8
+            assert r.status_code == 429 and "at most 8 at once" in r.json()["error"] and r.headers["retry-after"]
+        wait_for(lambda: batcher.queued == 0)  # dropped while the worker is still busy
+        wait_for(lambda: limits.in_flight == {"127.0.0.1": 4})
+        gate.release.set()
+        assert held.result().status_code == 200
+        assert post("p1", 1).status_code == 200
+        wait_for(lambda: limits.in_flight == {})
+        assert "d2" not in {name for call in gate.calls for name in call}  # the left rows never ran
+        assert batcher.stats["texts"] == 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sigterm_drains_queued_requests_then_exits_0(layout):
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # the CLI's own entry point, in a process that knows the tests' toy task
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; conftest._register_toy(); "
+            "from xlprompt.cli import app; app()")
+    command = [sys.executable, "-c", code, os.path.dirname(__file__), "serve", str(layout["runs"]["p1"]),
+               "--port", str(port),
+               "--max-wait-ms", "3000", "--max-batch", "64", "--log-level", "warning", "--drain-seconds", "20"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        with ThreadPoolExecutor(3) as pool:
+            answers = [pool.submit(httpx.post, url + "/classify", json={"prompt": "p1", "texts": TEXTS[i:i + 2]},
+                                   timeout=60) for i in range(3)]
+            wait_for(lambda: httpx.get(url + "/health").json()["queued_texts"] == 6)  # waiting for a batch
+            process.send_signal(signal.SIGTERM)
+            stopped_accepting = False
+            for _ in range(40):
+                time.sleep(0.05)
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                except OSError:
+                    stopped_accepting = True
+                    break
+            results = [a.result() for a in answers]
+        assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+        assert all(len(r.json()["predictions"]) == 2 for r in results)
+        assert stopped_accepting
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
