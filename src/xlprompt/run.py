@@ -109,7 +109,8 @@ class Run:
             raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
                                 "train one with `xlprompt train --out DIR`.")
         try:
-            return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state, device, dtype)
+            return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state,
+                             device, dtype)
         except XlpromptError as exc:
             if str(run_dir) in str(exc):
                 raise
