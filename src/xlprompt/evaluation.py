@@ -22,6 +22,7 @@ from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
 from .errors import XlpromptError
+from .features import feature_cache_for, head_outputs, uses_features
 from .models.heads import head_loss
 from .progress import progress_bar
 from .tasks import get_task
@@ -109,7 +110,7 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None,
              max_tokens: int | None = DEFAULT_MAX_TOKENS, token_cache=True, threads="auto", precision: str = "auto",
-             progress: bool = True) -> dict:
+             progress: bool = True, features: bool = True) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -118,7 +119,9 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     trained on xquad scored on mlqa); default the run's own task.
     `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
     None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16. `results["speed"]` says
-    what was used and where the time went.
+    what was used and where the time went. `features`: a head-only run at fp32 reads the frozen
+    backbone's pooled features through their cache (features.py), so runs on the same backbone and data
+    share one forward pass; False runs the model as for every other run (same numbers up to float rounding).
     """
     from .inference import precision_context, resolve_precision, thread_setting
     from .token_cache import default_token_cache
@@ -142,8 +145,12 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     stats: dict = {}
     with thread_setting(threads) as tuner, precision_context(used, run.model, device):
         prepared = time.perf_counter()
-        outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
-                                  stats=stats, description=f"evaluating {len(codes)} languages")
+        if features and used == "fp32" and uses_features(run.model, config):
+            outputs = head_outputs(run.model, task, frames, encoded, config.max_length,
+                                   feature_cache_for(cache), stats)
+        else:
+            outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
+                                      stats=stats, description=f"evaluating {len(codes)} languages")
         threads_used = tuner.summary() if tuner else {"policy": "fixed" if threads else "torch default",
                                                        "final": torch.get_num_threads()}
     predicted = time.perf_counter()

@@ -16,6 +16,7 @@ from .errors import XlpromptError
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
 from .models.classifier import build_classifier
+from .probe import fit_probe, init_head_from_probe
 from .progress import progress_bar
 from .run import Run, materialize_method
 from .tasks.custom import get_task_for
@@ -62,6 +63,12 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     tokenizer = model.backbone.tokenizer
     train_set = task.encode(tokenizer, train_df, config.max_length)
     dev_set = task.encode(tokenizer, dev_df, config.max_length)
+
+    if getattr(config.method, "fits_by_probe", False):  # head only: the converged linear probe, no epochs
+        return fit_probe(config, model, task, (train_df, train_set), (dev_df, dev_set))
+    head_init = None
+    if config.head_init == "probe":  # the head starts at the probe on the unprompted model
+        head_init = init_head_from_probe(model, task, (train_df, train_set), (dev_df, dev_set), config)
 
     optimizer = torch.optim.AdamW(param_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -126,6 +133,8 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             "trained_parameters": trained_parameters,
             "train_seconds": time.perf_counter() - started,
             "speed": training_speed(step_seconds, len(train_set) * config.epochs)}
+    if head_init is not None:
+        info["head_init_probe"] = head_init
     return Run(config=config, model=model, curve=curve, info=info)
 
 
