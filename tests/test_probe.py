@@ -172,3 +172,19 @@ def test_ids_of_earlier_runs_are_unchanged():
     old_prompt = prompt.to_dict()
     del old_prompt["config"]["head_init"]
     assert run_id(old_prompt) == prompt.run_id
+
+
+def test_probe_runs_sweep_into_a_store_sharing_features(tiny_model_dir, toy_task, tmp_path):
+    from xlprompt.experiments import load_store, run_sweep
+
+    grid = {"fixed": {"task": "toy", "model": str(tiny_model_dir("bert")), "method": "head",
+                      "languages": ["deu_Latn", "eng_Latn"]},
+            "axes": {"shots": [8, "all"], "seed": [0, 1]}}
+    specs = expand_grid(grid)
+    assert run_sweep(specs, tmp_path / "store", progress=False).complete
+    frame = load_store(tmp_path / "store")
+    assert set(frame["method"]) == {"head"} and frame["best_epoch"].isna().all()
+    assert frame["dev_accuracy"].notna().all() and frame["accuracy"].between(0, 1).all()
+    runs = frame.drop_duplicates("run_id")
+    full = runs[runs["shots"].isna()]
+    assert len(full) == 2 and full["dev_accuracy"].nunique() == 1  # all the data: the seed changes nothing

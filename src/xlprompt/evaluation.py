@@ -145,9 +145,10 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     stats: dict = {}
     with thread_setting(threads) as tuner, precision_context(used, run.model, device):
         prepared = time.perf_counter()
+        feature_cache = None
         if features and used == "fp32" and uses_features(run.model, config):
-            outputs = head_outputs(run.model, task, frames, encoded, config.max_length,
-                                   feature_cache_for(cache), stats)
+            feature_cache = feature_cache_for(cache)
+            outputs = head_outputs(run.model, task, frames, encoded, config.max_length, feature_cache, stats)
         else:
             outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
                                       stats=stats, description=f"evaluating {len(codes)} languages")
@@ -171,6 +172,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
+        "feature_cache": ({"root": str(feature_cache.root) if feature_cache.root else None, **feature_cache.stats}
+                          if feature_cache else None),
     }
     return {
         "task": task.name,
