@@ -188,3 +188,21 @@ def test_probe_runs_sweep_into_a_store_sharing_features(tiny_model_dir, toy_task
     runs = frame.drop_duplicates("run_id")
     full = runs[runs["shots"].isna()]
     assert len(full) == 2 and full["dev_accuracy"].nunique() == 1  # all the data: the seed changes nothing
+
+
+def test_cli_trains_a_probe_and_an_adamw_head(tiny_model_dir, toy_task, tmp_path):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+
+    runner = CliRunner()
+    base = ["train", "--task", "toy", "--model", str(tiny_model_dir("bert")), "--method", "head"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "probe"), "--evaluate", "all"])
+    assert res.exit_code == 0, res.output
+    assert "linear probe, C" in res.output and "deu_Latn" in res.output
+    info = json.loads((tmp_path / "probe" / "run.json").read_text())["info"]
+    assert info["probe"]["C"] in HeadOnlyConfig().c_grid
+    res = runner.invoke(app, [*base, "--solver", "adamw", "--epochs", "1", "--out", str(tmp_path / "adamw")])
+    assert res.exit_code == 0 and "best epoch 1" in res.output
+    config = json.loads((tmp_path / "adamw" / "config.json").read_text())
+    assert config["method"]["solver"] == "adamw"
