@@ -86,7 +86,8 @@ def test_distance_slope_difference_and_reparam_heterogeneity():
     dist = {code: i / 40 for i, code in enumerate(languages(40))}
     frame = store_frame([({"freeze_model": False}, lambda c: -0.3 * dist[c]),
                          ({"reparam": "mlp"}, lambda c: 0.04 if hash_bit(c) else -0.04)])
-    frame.loc[frame["freeze_model"], "accuracy"] -= [0.1 * dist[c] for c in frame.loc[frame["freeze_model"], "language"]]
+    frozen = frame["freeze_model"]
+    frame.loc[frozen, "accuracy"] -= [0.1 * dist[c] for c in frame.loc[frozen, "language"]]
     langs = pd.DataFrame({"language": list(dist), **{d: list(dist.values()) for d in S.DISTANCES}})
     slopes = S.distance_slopes(frame, langs, n_boot=1000)
     row = slopes[slopes["distance"] == "featural"].iloc[0]

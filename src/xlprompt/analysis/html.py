@@ -77,11 +77,13 @@ def _verdict(extra: dict) -> str:
              "<p class='meta'>Effects in accuracy points over zero-shot languages (per language: mean over seeds); "
              "95 % bootstrap intervals over languages; paired Wilcoxon signed-rank p-values across languages. "
              "Also in verdict.md and tables/verdict.csv.</p>"]
-    for key, title in (("statistics", "Every paired comparison"), ("length_slopes", "Accuracy per doubling of prompt length"),
+    for key, title in (("statistics", "Every paired comparison"),
+                       ("length_slopes", "Accuracy per doubling of prompt length"),
                        ("distance_slopes", "Slopes of accuracy on distance, MF vs no MF"),
                        ("reparam", "Reparameterization per language")):
         if extra.get(key) is not None and not extra[key].empty:
-            parts.append(f"<details><summary>{html.escape(title)} (tables/{key}.csv)</summary>{_table(extra[key], None)}</details>")
+            parts.append(f"<details><summary>{html.escape(title)} (tables/{key}.csv)</summary>"
+                         f"{_table(extra[key], None)}</details>")
     early = extra.get("stopped_early")
     if early is not None and not early.empty:
         parts.append(f"<h3>Stopped too early</h3><p class='skip'>{len(early)} run(s) had their best dev loss at "

@@ -55,8 +55,8 @@ def _paired_rows(table: pd.DataFrame, comparison: str, claim: str, sign: int, un
         out.append({"claim": claim, "setting": f"{r.series}: {r.a} vs {r.b}",
                     "number": f"{_fmt(r.effect)} {unit} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}], "
                               f"p={_p(r.p_value)}; {r.a} {_fmt(r.mean_a, signed=False)} vs "
-                              f"{r.b} {_fmt(r.mean_b, signed=False)} (sd over seeds {_fmt(r.seed_std_a, signed=False)} / "
-                              f"{_fmt(r.seed_std_b, signed=False)})",
+                              f"{r.b} {_fmt(r.mean_b, signed=False)} (sd over seeds "
+                              f"{_fmt(r.seed_std_a, signed=False)} / {_fmt(r.seed_std_b, signed=False)})",
                     "languages": r.languages, "seeds": seeds, "verdict": verdict, "why": why})
     return out
 
