@@ -167,7 +167,9 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
                     "prepare_model": prepared - tokenized, "collate": stats["collate"],
                     "forward": stats["forward"], "score": finished - predicted, "total": finished - started},
         "sentences": len(pooled), "tokens": stats["tokens"], "padded_tokens": stats["padded_tokens"],
-        "padding_share": 1 - stats["tokens"] / max(stats["padded_tokens"], 1), "batches": stats["batches"],
+        # a head-only run served from the feature cache runs no batch: no padding then
+        "padding_share": 1 - stats["tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0,
+        "batches": stats["batches"],
         "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
