@@ -36,6 +36,9 @@ def train(
     batch_size: int = typer.Option(8),
     lr: float = typer.Option(5e-3, help="Prompt learning rate."),
     head_lr: float = typer.Option(5e-2, help="Learning rate of a trained head (linear, per-token, span)."),
+    solver: str = typer.Option("lbfgs", help="--method head: lbfgs (the converged linear probe, C chosen on dev) "
+                               "| adamw (epochs of AdamW at --head-lr)."),
+    head_init: str = typer.Option("random", help="Prompt runs: random | probe (start the head at the linear probe)."),
     max_length: int = typer.Option(128, help="Max tokens of the text, before prompt slots."),
     freeze: Optional[bool] = typer.Option(None, "--freeze/--no-freeze",
                                           help="Keep the model frozen (default for all but finetune)."),
@@ -77,11 +80,11 @@ def train(
         custom = {"path": _own_data(data_dir), "text_column": text_column, "text_pair_column": text_pair_column,
                   "label_column": label_column, "language_column": language_column, "split_column": split_column}
     method_cfg = method_config(method, length=prompt_length, init=init, reparam=reparam,
-                               projection=prefix_projection)
+                               projection=prefix_projection, solver=solver)
     config = TrainConfig(
         task=task, model=model, method=method_cfg, shots=shots, model_lr=model_lr,
         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
-        freeze_model=freeze, train_language=train_lang, pooling=pooling,
+        freeze_model=freeze, train_language=train_lang, pooling=pooling, head_init=head_init,
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
         data_dir=None if custom else _data_dir(data_dir), custom=custom,
     )
@@ -89,6 +92,15 @@ def train(
     if not main_process():  # torchrun: rank 0 writes the run
         return
     run.save(out)
+    if run.info.get("probe"):
+        probe = run.info["probe"]
+        console.print(f"saved run to [bold]{out}[/] · linear probe, C {probe['C']:g} chosen on dev "
+                      f"(accuracy {probe['dev_accuracy']:.3f}; per C: "
+                      + ", ".join(f"{c} {a:.3f}" for c, a in probe["dev_accuracy_per_C"].items())
+                      + f") · {run.info['train_seconds']:.1f}s")
+        if evaluate_langs:
+            _evaluate_and_show(run, evaluate_langs, out / "results.json")
+        return
     best = run.curve[run.info["best_epoch"] - 1]
     scores = " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best.items() if k.startswith("dev_"))
     speed = run.info["speed"]

@@ -121,3 +121,8 @@ def report(
                   f"{len(meta['skipped'])} skipped · {time.perf_counter() - started:.1f}s")
     for name, why in meta["skipped"].items():
         console.print(f"  skipped {name}: {escape(str(why))}", soft_wrap=True, highlight=False)
+    counts = {}
+    for row in meta.get("verdict", []):
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    console.print(f"wrote [bold]{out / 'verdict.md'}[/] · " + " · ".join(f"{n} {v}" for v, n in counts.items())
+                  + (f" · {len(meta['stopped_early'])} run(s) stopped too early" if meta.get("stopped_early") else ""))

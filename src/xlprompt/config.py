@@ -34,6 +34,9 @@ class TrainConfig:
     # own data (task="custom"): {path, text_column, text_pair_column, label_column, language_column,
     # split_column, format, kind}; label_names is filled from the training rows and saved with the run
     custom: dict | None = None
+    # prompt runs: random = a freshly initialised head; probe = the converged linear probe on the
+    # unprompted frozen model (probe.py), fitted on the same training sentences, C chosen on dev
+    head_init: str = "random"
 
     def __post_init__(self):
         if isinstance(self.method, dict):
@@ -56,6 +59,8 @@ class TrainConfig:
             from .data.custom import CustomSpec
 
             CustomSpec.from_dict(self.custom)  # unknown keys fail here, before any model loads
+        if self.head_init not in ("random", "probe"):
+            raise XlpromptError(f"Unknown head_init {self.head_init!r}: use 'random' or 'probe'.")
         if not 0.0 <= self.warmup < 1.0:
             raise XlpromptError(f"warmup is a fraction of training steps in [0, 1), got {self.warmup}.")
 

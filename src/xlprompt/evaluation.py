@@ -25,6 +25,7 @@ from .data.languages import resolve_languages
 from .device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, device_info, reset_peak_memory, resolve_device,
                      to_device)
 from .errors import XlpromptError
+from .features import feature_cache_for, head_outputs, uses_features
 from .models.heads import head_loss
 from .progress import progress_bar
 from .tasks import get_task
@@ -118,7 +119,7 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None,
              max_tokens: int | None | str = "auto", token_cache=True, threads="auto", precision: str = "auto",
-             progress: bool = True, device=None, engine: str = "auto") -> dict:
+             progress: bool = True, device=None, engine: str = "auto", features: bool = True) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -130,6 +131,9 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     onnx. `results["speed"]` says what was used and where the time went.
     `device`: move the run's model there first (device.py; default: where it is). On a GPU, "auto"
     budgets are GPU-sized (device.GPU_MAX_TOKENS) and threads are left alone (the probe is for CPUs).
+    `features`: a head-only run at fp32 reads the frozen backbone's pooled features through their cache
+    (features.py), so runs on the same backbone and data share one forward pass; False runs the model as
+    for every other run (same numbers up to float rounding).
     """
     from .engine import engine_precision, onnx_backbone, resolve_engine
     from .inference import precision_context, resolve_precision, thread_setting
@@ -166,8 +170,13 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     reset_peak_memory(device)
     with thread_setting(threads) as tuner, backbone_setting as engine_info:
         prepared = time.perf_counter()
-        outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
-                                  stats=stats, description=f"evaluating {len(codes)} languages")
+        feature_cache = None
+        if features and used == "fp32" and engine_used == "torch" and uses_features(run.model, config):
+            feature_cache = feature_cache_for(cache)
+            outputs = head_outputs(run.model, task, frames, encoded, config.max_length, feature_cache, stats)
+        else:
+            outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
+                                      stats=stats, description=f"evaluating {len(codes)} languages")
         threads_used = tuner.summary() if tuner else {"policy": "fixed" if threads else "torch default",
                                                        "final": torch.get_num_threads()}
     predicted = time.perf_counter()
@@ -183,13 +192,17 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
                     "prepare_model": prepared - tokenized, "collate": stats["collate"],
                     "forward": stats["forward"], "score": finished - predicted, "total": finished - started},
         "sentences": len(pooled), "tokens": stats["tokens"], "padded_tokens": stats["padded_tokens"],
-        "padding_share": 1 - stats["tokens"] / max(stats["padded_tokens"], 1), "batches": stats["batches"],
+        # a head-only run served from the feature cache runs no batch: no padding then
+        "padding_share": 1 - stats["tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0,
+        "batches": stats["batches"],
         "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
         "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
         "engine": {"used": engine_used, "requested": engine, "why": engine_why, **(engine_info or {})},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
         **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
+        "feature_cache": ({"root": str(feature_cache.root) if feature_cache.root else None, **feature_cache.stats}
+                          if feature_cache else None),
     }
     return {
         "task": task.name,

@@ -182,6 +182,8 @@ class TokenCache:
     """`encode(task, tokenizer, frame, max_length)` = `task.encode(...)`, served from memory or disk when the
     same tokenizer, task, max_length and data were encoded before. `root=None` keeps memory only."""
 
+    FORMAT = "xlprompt-token-cache"  # the entry format named in each JSON (features.py reuses the class)
+
     def __init__(self, root: str | Path | None = None, memory: bool = True):
         self.root = Path(root) if root is not None else None
         self.memory = memory
@@ -244,7 +246,7 @@ class TokenCache:
                 save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
                 digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
                 size = tmp.stat().st_size
-            io.write_json(meta_path, {"format": f"xlprompt-token-cache/{CACHE_VERSION}", "key": key,
+            io.write_json(meta_path, {"format": f"{self.FORMAT}/{CACHE_VERSION}", "key": key,
                                       "sha256": digest, "bytes": size, "layout": layout})
             self.stats["writes"] += 1
         except OSError as exc:  # a read-only or full cache folder slows evaluation down, nothing more

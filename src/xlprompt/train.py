@@ -18,6 +18,7 @@ from .data.sampling import few_shot_splits
 from .device import device_info, local_rank_device, reset_peak_memory, resolve_device, to_device
 from .distributed import Replicas
 from .models.classifier import build_classifier
+from .probe import fit_probe, init_head_from_probe
 from .progress import progress_bar
 from .run import Run, materialize_method
 from .state import load_backbone_state, load_trainable_state  # noqa: F401  (re-exported)
@@ -75,6 +76,12 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     tokenizer = model.backbone.tokenizer
     train_set = task.encode(tokenizer, train_df, config.max_length)
     dev_set = task.encode(tokenizer, dev_df, config.max_length)
+
+    if getattr(config.method, "fits_by_probe", False):  # head only: the converged linear probe, no epochs
+        return fit_probe(config, model, task, (train_df, train_set), (dev_df, dev_set))
+    head_init = None
+    if config.head_init == "probe":  # the head starts at the probe on the unprompted model
+        head_init = init_head_from_probe(model, task, (train_df, train_set), (dev_df, dev_set), config)
 
     optimizer = torch.optim.AdamW(param_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -147,6 +154,8 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             "speed": {**training_speed(step_seconds, len(train_set) * config.epochs),
                       **device_info(where, model.autocast_dtype or model.backbone.dtype),
                       "processes": replicas.world, "gradient_checkpointing": gradient_checkpointing}}
+    if head_init is not None:
+        info["head_init_probe"] = head_init
     return Run(config=config, model=model, curve=curve, info=info)
 
 

@@ -67,6 +67,30 @@ def _headline(meta: dict) -> str:
                                            for t, b in cards) + "</div>"
 
 
+def _verdict(extra: dict) -> str:
+    """The verdict table, the statistics behind it, and the runs that may have stopped too early."""
+    verdict = extra.get("verdict")
+    if verdict is None or verdict.empty:
+        return ""
+    parts = ["<h2 id='verdict'>Verdict on the studies' claims</h2>",
+             _table(verdict[["claim", "setting", "number", "languages", "seeds", "verdict", "why"]], None),
+             "<p class='meta'>Effects in accuracy points over zero-shot languages (per language: mean over seeds); "
+             "95 % bootstrap intervals over languages; paired Wilcoxon signed-rank p-values across languages. "
+             "Also in verdict.md and tables/verdict.csv.</p>"]
+    for key, title in (("statistics", "Every paired comparison"),
+                       ("length_slopes", "Accuracy per doubling of prompt length"),
+                       ("distance_slopes", "Slopes of accuracy on distance, MF vs no MF"),
+                       ("reparam", "Reparameterization per language")):
+        if extra.get(key) is not None and not extra[key].empty:
+            parts.append(f"<details><summary>{html.escape(title)} (tables/{key}.csv)</summary>"
+                         f"{_table(extra[key], None)}</details>")
+    early = extra.get("stopped_early")
+    if early is not None and not early.empty:
+        parts.append(f"<h3>Stopped too early</h3><p class='skip'>{len(early)} run(s) had their best dev loss at "
+                     f"their last epoch: more epochs might have helped.</p>{_table(early, None)}")
+    return "\n".join(parts)
+
+
 def render_page(meta: dict, figures: list, folder: Path, extra: dict, langs: pd.DataFrame) -> str:
     """`figures`: (name, title, png path, csv path or None, caption), paths relative to `folder`."""
     esc = html.escape
@@ -76,7 +100,7 @@ def render_page(meta: dict, figures: list, folder: Path, extra: dict, langs: pd.
              f"<p class='meta'>store <code>{esc(meta['store'])}</code> · {meta['runs']} runs · "
              f"{meta['languages']} languages · models: {esc(', '.join(meta['models']))} · methods: "
              f"{esc(', '.join(meta['methods']))} · generated {esc(meta['generated'])}</p>",
-             "<h2 id='headline'>Headline numbers</h2>", _headline(meta)]
+             "<h2 id='headline'>Headline numbers</h2>", _headline(meta), _verdict(extra)]
     parts.append("<h2 id='figures'>Figures</h2>")
     for name, title, png, csv, caption in figures:
         parts.append(f"<h3 id='{esc(name)}'>{esc(title)}</h3><figure>{_img(folder / png)}"

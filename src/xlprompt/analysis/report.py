@@ -19,6 +19,7 @@ from ..errors import XlpromptError
 from . import languages as L
 from . import tables as T
 from .html import render_page
+from .verdict import verdict_markdown, verdict_table
 
 MARKER = "report.json"  # a folder holding it is a report we may replace
 
@@ -229,7 +230,8 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
 
 def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool = True, languages=None,
                  sentences: int = 100, lang_table: pd.DataFrame | None = None) -> dict:
-    """Write REPORT_DIR: report.html, report.json, figures/*.png|json, tables/*.csv. Returns report.json.
+    """Write REPORT_DIR: report.html, verdict.md, report.json, figures/*.png|json, tables/*.csv (statistics,
+    verdict, ...). Returns report.json.
 
     `languages` restricts the report (and the alignment analysis) to those target languages;
     `lang_table` replaces the computed language table (distances, families), e.g. in tests."""
@@ -251,6 +253,9 @@ def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool 
                T.methods_study(frame)]
     lang_studies, extra = language_studies(frame, langs, train)
     studies += lang_studies
+    decided = verdict_table(frame, langs)
+    extra.update({name: decided[name] for name in ("verdict", "statistics", "length_slopes", "distance_slopes",
+                                                   "reparam", "stopped_early")})
     notes = []
     if not L.lang2vec_available():
         notes.append("lang2vec is not installed: distances and families are NaN / unknown.")
@@ -285,8 +290,11 @@ def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool 
             "runs": int(frame["run_id"].nunique()), "languages": len(codes),
             "models": sorted(map(str, frame["model"].unique())), "methods": sorted(map(str, frame["method"].unique())),
             "headline": headlines({s.name: s for s in studies}, extra),
+            "verdict": decided["verdict"].to_dict("records"),
+            "stopped_early": decided["stopped_early"]["run_id"].tolist(),
             "figures": [{"name": n, "png": p, "csv": c} for n, _, p, c, _ in figures],
             "skipped": skipped, "notes": notes, "seconds": round(time.perf_counter() - started, 2)})
+        io.write_text(tmp / "verdict.md", verdict_markdown(decided, str(store_dir)))
         html = render_page(meta, figures, tmp, extra, langs)
         io.write_text(tmp / "report.html", html)
         io.write_json(tmp / MARKER, meta)  # last: marks the folder as a (complete) report

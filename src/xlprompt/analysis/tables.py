@@ -178,7 +178,8 @@ def _needs(frame: pd.DataFrame, vary: str, keep: list[str], at_least: int = 2) -
 # --------------------------------------------------------------------------------- the studies
 
 
-def _axis_study(frame, name, title, vary, keep, method_filter, caption) -> Study:
+def _axis_study(frame, name, title, vary, keep, method_filter, caption, together=()) -> Study:
+    """`together`: axes that change with `vary` by design (epochs grow as samples per class shrink)."""
     rows = transfer_rows(frame)
     rows = rows[rows["method"].isin(method_filter)]
     if rows.empty:
@@ -187,7 +188,7 @@ def _axis_study(frame, name, title, vary, keep, method_filter, caption) -> Study
         return Study(name, title, skipped=f"needs at least two values of {vary} for one "
                      f"{' / '.join(keep)} among {', '.join(method_filter)} runs; the store has "
                      f"{sorted(map(str, rows[vary].drop_duplicates().tolist()))}")
-    rows, chosen = fix_other_axes(rows, [vary], keep, min_values=2)
+    rows, chosen = fix_other_axes(rows, [vary, *together], keep, min_values=2)
     table = seed_spread(rows, [*keep, vary])
     config = {"compare": vary, "series": keep, "methods": list(method_filter), "held_fixed": chosen,
               "rows": "zero-shot languages (target != training language), test split when present",
@@ -206,7 +207,8 @@ def shots_study(frame: pd.DataFrame) -> Study:
     """Philippy et al. Fig. 3: transfer accuracy vs samples per class."""
     return _axis_study(frame, "shots", "Transfer accuracy vs samples per class",
                        "shots", ["model", "method", "freeze_model"], PROMPT_METHODS,
-                       "Mean zero-shot accuracy over target languages; 'all' = the whole training set.")
+                       "Mean zero-shot accuracy over target languages; 'all' = the whole training set.",
+                       together=("epochs",))
 
 
 def length_study(frame: pd.DataFrame) -> Study:

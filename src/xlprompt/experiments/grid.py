@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import XlpromptError
-from ..prompts.config import METHOD_ALIASES, METHOD_CONFIGS, method_config
+from ..prompts.config import METHOD_ALIASES, METHOD_CONFIGS, PROBE_C_GRID, method_config
 
 # grid key -> (kind, where): where is "config" (a TrainConfig field), "method" (a method option), "eval"
 KEYS: dict[str, tuple[str, str]] = {
@@ -45,6 +45,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "prompt_length": ("int", "method"), "init": ("str", "method"), "init_range": ("float", "method"),
     "reparam": ("str", "method"), "reparam_hidden": ("int?", "method"), "position": ("str", "method"),
     "projection": ("bool", "method"), "projection_hidden": ("int", "method"),
+    "solver": ("str", "method"), "c_grid": ("floatlist", "method"), "head_init": ("str", "config"),
     "languages": ("languages", "eval"), "split": ("str?", "eval"),
 }
 ALIASES = {"freeze": "freeze_model", "prefix_projection": "projection", "train_lang": "train_language",
@@ -87,7 +88,10 @@ class RunSpec:
 # Settings added after stores were first written, with the value every earlier run had. At that value a
 # setting is left out of the hash, so adding an option never renames (and re-runs) a finished sweep; any
 # other value enters the hash as usual. A new TrainConfig or method field belongs here, with its default.
-ID_NEUTRAL: dict[str, dict] = {"config": {}, "method": {}}
+# (Head-only runs before the converged probe were AdamW runs: `solver` is neutral at "adamw", so their ids
+# stay and probe runs get new ones.)
+ID_NEUTRAL: dict[str, dict] = {"config": {"head_init": "random"},
+                               "method": {"solver": "adamw", "c_grid": list(PROBE_C_GRID)}}
 
 
 def _id_view(spec_dict: dict) -> dict:
@@ -186,6 +190,11 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
         return value
+    if kind == "floatlist":
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad("a non-empty list of numbers")
+        return [float(v) for v in value]
     if kind == "languages":
         if isinstance(value, str) and value.strip().lower() == "all":
             return "all"

@@ -78,7 +78,8 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     info, params = meta.get("info", {}), meta.get("parameters", {})
     curve = io.read_json(run_dir / "curve.json") if (run_dir / "curve.json").is_file() else []
     best = info.get("best_epoch")
-    dev_acc = next((c.get("dev_accuracy") for c in curve if c.get("epoch") == best), None)
+    dev_acc = (next((c.get("dev_accuracy") for c in curve if c.get("epoch") == best), None) if best is not None
+               else info.get("dev_accuracy"))  # runs without epochs (the linear probe) say it in info
     base = {
         "run_id": done["run_id"], "task": config["task"], "model": config["model"], "method": method["type"],
         "prompt_length": method.get("length"), "shots": config["shots"], "seed": config["seed"],

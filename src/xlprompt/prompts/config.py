@@ -83,13 +83,37 @@ class FinetuneConfig:
     trains_backbone = True
 
 
+PROBE_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+SOLVERS = ("lbfgs", "adamw")
+
+
 @dataclass
 class HeadOnlyConfig:
-    """A head on the frozen model (linear probe for encoders; label-word scoring for decoders)."""
+    """A linear head on the frozen model (over the pooled vector for encoders, the hidden state at the
+    label position for decoders).
 
+    solver: lbfgs = the converged linear probe (probe.py): the pooled features are computed once and an
+    L2-regularised logistic regression is fitted to convergence for each C in `c_grid`; the C with the
+    best dev accuracy is kept (ties: the smaller C, the stronger regularisation). adamw = the old
+    behaviour: `epochs` of AdamW at `head_lr` through the frozen model, the epoch with the best dev loss kept.
+    """
+
+    solver: str = "lbfgs"
+    c_grid: list = field(default_factory=lambda: list(PROBE_C_GRID))
     type: str = field(default="head", init=False)
     needs_prompt = False
     trains_backbone = False
+
+    @property
+    def fits_by_probe(self) -> bool:
+        return self.solver == "lbfgs"
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise XlpromptError(f"Unknown head solver {self.solver!r}: use one of {', '.join(SOLVERS)}.")
+        self.c_grid = [float(c) for c in self.c_grid]
+        if not self.c_grid or any(not c > 0 for c in self.c_grid):
+            raise XlpromptError(f"c_grid must list positive regularisation strengths C, got {self.c_grid}.")
 
 
 METHOD_CONFIGS = {"input_prompt": InputPromptConfig, "deep_prompt": DeepPromptConfig,
@@ -108,6 +132,8 @@ def method_from_dict(d: dict):
     unknown = set(d) - names
     if unknown:
         raise XlpromptError(f"Unknown options {sorted(unknown)} for method {kind}; known: {sorted(names)}.")
+    if kind == "head" and "solver" not in d:
+        d["solver"] = "adamw"  # saved before the probe existed: those head-only runs were trained by AdamW
     return cls(**d)
 
 

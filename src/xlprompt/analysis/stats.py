@@ -1,0 +1,236 @@
+"""Statistics for every comparison the studies make, computed from the store.
+
+Each comparison pairs two arms (e.g. MF and no MF at 8 samples per class) that differ in one setting,
+the others held fixed as the figures hold them (`tables.fix_other_axes`). Per arm and zero-shot
+language, accuracy is first averaged over seeds; the effect is the mean over the languages both arms
+have of (A - B). Reported: that effect with a 95 % percentile bootstrap interval (languages resampled,
+`N_BOOT` draws, fixed seed), each arm's spread over seeds (std, ddof=1, of its mean over languages), and
+a paired Wilcoxon signed-rank test across languages on the per-language seed means (scipy; zero
+differences dropped). Prompt length is also summarised as one slope: per language, the least-squares
+slope of accuracy on log2(length) ("per doubling"), averaged over languages, with the same interval and
+test (Wilcoxon of the slopes against 0). The distance analysis regresses per-language accuracy on URIEL
+distance for the frozen and the unfrozen arm over the same languages and bootstraps the difference of
+the two slopes (frozen - unfrozen: positive = freezing flattens a negative slope).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import tables as T
+from .languages import DISTANCES
+
+N_BOOT = 10_000
+SEED = 0
+LEVEL = 0.95
+
+
+# -------------------------------------------------------------------------------------- the numbers
+
+
+def bootstrap_ci(values, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of the mean, resampling the values (languages) with replacement."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def wilcoxon_p(differences) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (NaN with fewer than 2 non-zero)."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d) & (d != 0)]
+    if len(d) < 2:
+        return float("nan")
+    return float(stats.wilcoxon(d).pvalue)
+
+
+def arm(rows: pd.DataFrame) -> dict:
+    """One configuration's runs: per-language seed means, seeds, and the spread over seeds."""
+    per_run = rows.groupby("seed")["accuracy"].mean()
+    return {"per_language": rows.groupby("language")["accuracy"].mean(),
+            "seeds": int(rows["seed"].nunique()), "mean": float(rows.groupby("language")["accuracy"].mean().mean()),
+            "seed_std": float(per_run.std(ddof=1)) if len(per_run) > 1 else float("nan")}
+
+
+def paired(a: dict, b: dict, n_boot: int = N_BOOT) -> dict:
+    """Effect (A - B, mean over common languages), its interval and the Wilcoxon p-value."""
+    common = a["per_language"].index.intersection(b["per_language"].index)
+    d = (a["per_language"][common] - b["per_language"][common]).to_numpy(dtype=float)
+    lo, hi = bootstrap_ci(d, n_boot)
+    return {"languages": int(len(common)), "seeds_a": a["seeds"], "seeds_b": b["seeds"],
+            "mean_a": float(a["per_language"][common].mean()) if len(common) else float("nan"),
+            "mean_b": float(b["per_language"][common].mean()) if len(common) else float("nan"),
+            "seed_std_a": a["seed_std"], "seed_std_b": b["seed_std"],
+            "effect": float(d.mean()) if len(d) else float("nan"), "ci_low": lo, "ci_high": hi,
+            "p_value": wilcoxon_p(d), "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+
+
+def slope(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float("nan")
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+
+
+def slope_difference(distance, frozen, unfrozen, n_boot: int = N_BOOT, seed: int = SEED) -> dict:
+    """Slopes of accuracy on distance for two arms over the same languages, and a bootstrap interval on
+    their difference (frozen - unfrozen), resampling languages."""
+    x, f, u = (np.asarray(v, dtype=float) for v in (distance, frozen, unfrozen))
+    ok = np.isfinite(x) & np.isfinite(f) & np.isfinite(u)
+    x, f, u = x[ok], f[ok], u[ok]
+    out = {"languages": int(len(x)), "slope_frozen": slope(x, f), "slope_unfrozen": slope(x, u)}
+    out["effect"] = out["slope_frozen"] - out["slope_unfrozen"]
+    if len(x) < 3:
+        return {**out, "ci_low": float("nan"), "ci_high": float("nan")}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for idx in rng.integers(0, len(x), (n_boot, len(x))):
+        diffs.append(slope(x[idx], f[idx]) - slope(x[idx], u[idx]))
+    diffs = np.asarray(diffs)
+    diffs = diffs[np.isfinite(diffs)]
+    tail = (1 - LEVEL) / 2 * 100
+    return {**out, "ci_low": float(np.percentile(diffs, tail)), "ci_high": float(np.percentile(diffs, 100 - tail))}
+
+
+# ---------------------------------------------------------------------------------- the comparisons
+
+
+def _groups(rows: pd.DataFrame, vary: list[str], keep: list[str]):
+    """(keep values, {vary value: arm rows}) per keep group, other axes held fixed as the figures do."""
+    if rows.empty:
+        return
+    rows, _ = T.fix_other_axes(rows, vary, keep, min_values=2)
+    for key, part in rows.groupby(keep, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        yield dict(zip(keep, key)), {v: p for v, p in part.groupby(vary[0], dropna=False, sort=True)}
+
+
+def _series(keys: dict) -> str:
+    return T.series_label(keys, list(keys))
+
+
+def _shots_order(value) -> float:
+    return np.inf if value is None or pd.isna(value) else float(value)
+
+
+def _row(comparison: str, keys: dict, a_label: str, b_label: str, a_rows, b_rows, n_boot: int) -> dict:
+    return {"comparison": comparison, "series": _series(keys), **{f"key_{k}": T._plain(v) for k, v in keys.items()},
+            "a": a_label, "b": b_label, **paired(arm(a_rows), arm(b_rows), n_boot)}
+
+
+def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per paired comparison in the store (columns: comparison, series, a, b, languages, seeds,
+    means, seed spreads, effect, ci_low, ci_high, p_value, wins, losses)."""
+    rows = T.transfer_rows(frame)
+    prompts = rows[rows["method"].isin(T.PROMPT_METHODS)]
+    out = []
+    # MF vs no MF, per model / method / samples per class
+    for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
+        if True in arms and False in arms:
+            out.append(_row("mf", keys, "MF", "no MF", arms[True], arms[False], n_boot))
+    # samples per class: each step up, and the largest vs the smallest (epochs may grow as shots shrink)
+    for keys, arms in _groups(prompts, ["shots", "epochs"], ["model", "method", "freeze_model"]):
+        values = sorted(arms, key=_shots_order)
+        pairs = list(zip(values[1:], values[:-1])) + ([(values[-1], values[0])] if len(values) > 2 else [])
+        for hi, lo in pairs:
+            out.append(_row("shots", keys, f"{T.shots_label(hi)} per class", f"{T.shots_label(lo)} per class",
+                            arms[hi], arms[lo], n_boot))
+    # prompt length: each length vs the next shorter one
+    for keys, arms in _groups(prompts, ["prompt_length"], ["model", "method", "freeze_model"]):
+        values = sorted(arms)
+        for long, short in zip(values[1:], values[:-1]):
+            out.append(_row("length", keys, f"L={int(long)}", f"L={int(short)}", arms[long], arms[short], n_boot))
+    # reparameterization vs none
+    inputs = prompts[prompts["method"] == "input_prompt"]
+    for keys, arms in _groups(inputs, ["reparam"], ["model", "freeze_model"]):
+        for variant in sorted(set(arms) - {"none"}):
+            if "none" in arms:
+                out.append(_row("reparam", keys, variant, "none", arms[variant], arms["none"], n_boot))
+    # deep vs input prompt (frozen)
+    for keys, arms in _groups(prompts[prompts["freeze_model"]], ["method"], ["model", "shots"]):
+        if {"deep_prompt", "input_prompt"} <= set(arms):
+            out.append(_row("deep_vs_input", keys, "deep prompt", "input prompt", arms["deep_prompt"],
+                            arms["input_prompt"], n_boot))
+    out += _method_rows(rows, n_boot)
+    return pd.DataFrame(out)
+
+
+def method_arms(rows: pd.DataFrame) -> dict:
+    """{(model, shots): {"prompt" | "finetune" | "head": rows}}: per method the setting covering the most
+    sample sizes (for prompts: frozen input prompts, e.g. L=10 without reparameterization)."""
+    pick = {"prompt": rows[(rows["method"] == "input_prompt") & rows["freeze_model"]],
+            "finetune": rows[rows["method"] == "finetune"], "head": rows[rows["method"] == "head"]}
+    out: dict = {}
+    for name, sub in pick.items():
+        if sub.empty:
+            continue
+        sub, _ = T.fix_other_axes(sub, ["shots", "epochs"], ["model"])
+        for (model, shots), part in sub.groupby(["model", "shots"], dropna=False, sort=True):
+            out.setdefault((model, None if pd.isna(shots) else int(shots)), {})[name] = part
+    return out
+
+
+def _method_rows(rows: pd.DataFrame, n_boot: int) -> list[dict]:
+    out = []
+    labels = {"prompt": "input prompt (MF)", "finetune": "fine-tuning", "head": "head only"}
+    for (model, shots), arms in sorted(method_arms(rows).items(), key=lambda kv: (kv[0][0], _shots_order(kv[0][1]))):
+        keys = {"model": model, "shots": shots}
+        for a, b in (("prompt", "finetune"), ("prompt", "head"), ("finetune", "head")):
+            if a in arms and b in arms:
+                out.append(_row(f"{a}_vs_{b}", keys, labels[a], labels[b], arms[a], arms[b], n_boot))
+    return out
+
+
+def length_slopes(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Per series: the mean over languages of the per-language slope of accuracy on log2(prompt length)."""
+    prompts = T.transfer_rows(frame)
+    prompts = prompts[prompts["method"].isin(T.PROMPT_METHODS)]
+    out = []
+    for keys, arms in _groups(prompts, ["prompt_length"], ["model", "method", "freeze_model"]):
+        if len(arms) < 2:
+            continue
+        acc = pd.DataFrame({int(L): arm(r)["per_language"] for L, r in arms.items()}).dropna()
+        x = np.log2(np.asarray(acc.columns, dtype=float))
+        slopes = np.array([slope(x, row) for row in acc.to_numpy()])
+        lo, hi = bootstrap_ci(slopes, n_boot)
+        out.append({"comparison": "length_slope", "series": _series(keys), "lengths": list(map(int, acc.columns)),
+                    "languages": len(slopes), "seeds": min(arm(r)["seeds"] for r in arms.values()),
+                    "effect": float(slopes.mean()) if len(slopes) else float("nan"), "ci_low": lo, "ci_high": hi,
+                    "p_value": wilcoxon_p(slopes)})
+    return pd.DataFrame(out)
+
+
+def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Per MF comparison and URIEL distance: slopes of accuracy on distance, frozen vs unfrozen, and the
+    bootstrap interval of their difference."""
+    rows = T.transfer_rows(frame)
+    prompts = rows[rows["method"].isin(T.PROMPT_METHODS)]
+    out = []
+    for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
+        if not (True in arms and False in arms):
+            continue
+        frozen, unfrozen = arm(arms[True]), arm(arms[False])
+        both = pd.DataFrame({"frozen": frozen["per_language"], "unfrozen": unfrozen["per_language"]}).dropna()
+        both = both.merge(langs.set_index("language")[list(DISTANCES)], left_index=True, right_index=True, how="left")
+        for dist in DISTANCES:
+            out.append({"comparison": "distance_slope", "series": _series(keys), "distance": dist,
+                        "seeds": min(frozen["seeds"], unfrozen["seeds"]),
+                        **slope_difference(both[dist], both["frozen"], both["unfrozen"], n_boot)})
+    return pd.DataFrame(out)
+
+
+def stopped_early(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose best epoch was their last one (of more than one): they may not have converged."""
+    runs = frame.drop_duplicates("run_id")
+    runs = runs[runs["best_epoch"].notna() & runs["epochs"].notna() & (runs["epochs"] > 1)]
+    late = runs[runs["best_epoch"] == runs["epochs"]]
+    cols = [c for c in ("run_id", "method", "model", "shots", "prompt_length", "freeze_model", "reparam", "seed",
+                        "epochs", "best_epoch") if c in late.columns]
+    return late[cols].reset_index(drop=True)

@@ -1,0 +1,164 @@
+"""The verdict table: one row per claim of the two studies (per setting that tests it), with the number
+that tests it on the store's model, its interval, and holds / does not hold / undecided.
+
+A row is "undecided" when either arm has fewer than `MIN_SEEDS` seeds, fewer than `MIN_LANGUAGES`
+languages are compared, or the 95 % interval spans zero; otherwise the interval's side decides.
+Reparameterization's claim is about heterogeneity, so it is decided by a Friedman test of the
+seed-paired per-language differences (languages as treatments, seeds as blocks) at `ALPHA`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import stats as S
+from . import tables as T
+
+MIN_SEEDS = 3
+MIN_LANGUAGES = 10
+ALPHA = 0.05
+VERDICT_DISTANCE = "featural"  # URIEL's combined distance (the others are in statistics.csv)
+HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
+
+
+def _fmt(x, scale=100.0, digits=1, signed=True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x * scale:+.{digits}f}" if signed else f"{x * scale:.{digits}f}"
+
+
+def _p(p) -> str:
+    return "n/a" if p is None or (isinstance(p, float) and math.isnan(p)) else f"{p:.2g}"
+
+
+def decide(effect_sign: int, ci_low, ci_high, seeds: int, languages: int) -> tuple[str, str]:
+    """(verdict, why) for a claim that the effect has sign `effect_sign` (+1: A better than B)."""
+    if languages < MIN_LANGUAGES:
+        return UNDECIDED, f"{languages} languages (needs {MIN_LANGUAGES})"
+    if seeds < MIN_SEEDS:
+        return UNDECIDED, f"{seeds} seed(s) (needs {MIN_SEEDS})"
+    if ci_low is None or math.isnan(ci_low) or ci_low <= 0 <= ci_high:
+        return UNDECIDED, "the interval spans zero"
+    agrees = (ci_low > 0) == (effect_sign > 0)
+    return (HOLDS, "the interval excludes zero") if agrees else (FAILS, "the interval excludes zero, other side")
+
+
+def _paired_rows(table: pd.DataFrame, comparison: str, claim: str, sign: int, unit: str = "pts") -> list[dict]:
+    out = []
+    if table.empty:
+        return out
+    for r in table[table["comparison"] == comparison].itertuples():
+        seeds = min(r.seeds_a, r.seeds_b)
+        verdict, why = decide(sign, r.ci_low, r.ci_high, seeds, r.languages)
+        out.append({"claim": claim, "setting": f"{r.series}: {r.a} vs {r.b}",
+                    "number": f"{_fmt(r.effect)} {unit} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}], "
+                              f"p={_p(r.p_value)}; {r.a} {_fmt(r.mean_a, signed=False)} vs "
+                              f"{r.b} {_fmt(r.mean_b, signed=False)} (sd over seeds "
+                              f"{_fmt(r.seed_std_a, signed=False)} / {_fmt(r.seed_std_b, signed=False)})",
+                    "languages": r.languages, "seeds": seeds, "verdict": verdict, "why": why})
+    return out
+
+
+def reparam_heterogeneity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per reparameterization comparison: languages helped / hurt (seed-mean difference), the spread of
+    per-language effects, and a Friedman test that the effect differs between languages."""
+    from scipy import stats
+
+    prompts = T.transfer_rows(frame)
+    prompts = prompts[prompts["method"] == "input_prompt"]
+    out = []
+    for keys, arms in S._groups(prompts, ["reparam"], ["model", "freeze_model"]):
+        if "none" not in arms:
+            continue
+        for variant in sorted(set(arms) - {"none"}):
+            a = arms[variant].groupby(["language", "seed"])["accuracy"].mean()
+            b = arms["none"].groupby(["language", "seed"])["accuracy"].mean()
+            d = (a - b).dropna().unstack("seed").dropna(axis=1)  # languages x seeds both arms ran
+            per_language = d.mean(axis=1)
+            seeds, languages = d.shape[1], d.shape[0]
+            p = float("nan")
+            if seeds >= 2 and languages >= 3 and np.ptp(d.to_numpy()) > 0:
+                p = float(stats.friedmanchisquare(*d.to_numpy()).pvalue)
+            out.append({"series": S._series(keys), "variant": variant, "languages": languages, "seeds": seeds,
+                        "helped": int((per_language > 0).sum()), "hurt": int((per_language < 0).sum()),
+                        "effect_mean": float(per_language.mean()) if languages else float("nan"),
+                        "effect_sd": float(per_language.std(ddof=1)) if languages > 1 else float("nan"),
+                        "p_value": p})
+    return pd.DataFrame(out)
+
+
+def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int = S.N_BOOT) -> dict:
+    """{"verdict": DataFrame (claim, setting, number, languages, seeds, verdict, why), "statistics": every
+    paired comparison, "length_slopes", "distance_slopes", "reparam", "stopped_early"}."""
+    table = S.comparisons(frame, n_boot)
+    slopes = S.length_slopes(frame, n_boot)
+    distances = S.distance_slopes(frame, langs, n_boot) if langs is not None else pd.DataFrame()
+    reparam = reparam_heterogeneity(frame)
+    rows = _paired_rows(table, "mf", "Freezing the model (MF) improves transfer (Philippy)", +1)
+    if not distances.empty:
+        for r in distances[distances["distance"] == VERDICT_DISTANCE].itertuples():
+            verdict, why = decide(+1, r.ci_low, r.ci_high, r.seeds, r.languages)
+            rows.append({"claim": "MF reduces the dependence of transfer on distance from the training language "
+                                  "(Philippy)", "setting": f"{r.series}; {r.distance} distance",
+                         "number": f"slope MF {_fmt(r.slope_frozen)} vs no MF {_fmt(r.slope_unfrozen)} pts per unit; "
+                                   f"difference {_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+                         "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
+    else:
+        rows.append({"claim": "MF reduces the dependence of transfer on distance from the training language "
+                              "(Philippy)", "setting": "", "number": "not measured (needs MF and no MF runs and "
+                     "URIEL distances)", "languages": 0, "seeds": 0, "verdict": UNDECIDED, "why": "not measured"})
+    for r in slopes.itertuples():
+        verdict, why = decide(-1, r.ci_low, r.ci_high, r.seeds, r.languages)
+        rows.append({"claim": "Shorter prompts transfer better (Philippy)", "setting": f"{r.series}; L in {r.lengths}",
+                     "number": f"{_fmt(r.effect, digits=2)} pts per doubling of L [{_fmt(r.ci_low, digits=2)}, "
+                               f"{_fmt(r.ci_high, digits=2)}], p={_p(r.p_value)}",
+                     "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
+    if not table.empty:
+        shots = table[table["comparison"] == "shots"]
+        widest = shots.groupby("series", sort=False).tail(1)  # per series: largest vs smallest
+        rows += _paired_rows(widest, "shots", "More samples per class improve transfer (Philippy)", +1)
+    for r in reparam.itertuples():
+        seeds_ok = r.seeds >= MIN_SEEDS and r.languages >= MIN_LANGUAGES
+        if not seeds_ok or math.isnan(r.p_value):
+            verdict, why = UNDECIDED, f"{r.seeds} seed(s), {r.languages} languages (needs {MIN_SEEDS}, {MIN_LANGUAGES})"
+        else:
+            verdict = HOLDS if r.p_value < ALPHA else FAILS
+            why = f"Friedman test of per-language effects, p {'<' if r.p_value < ALPHA else '>='} {ALPHA}"
+        rows.append({"claim": "MLP reparameterization helps some languages and hurts others (Philippy)",
+                     "setting": f"{r.series}: {r.variant} vs none",
+                     "number": f"helps {r.helped}, hurts {r.hurt} languages; effect {_fmt(r.effect_mean)} ± "
+                               f"{_fmt(r.effect_sd, signed=False)} pts (sd over languages); p={_p(r.p_value)}",
+                     "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
+    rows += _paired_rows(table, "prompt_vs_finetune", "Prompt tuning transfers better than fine-tuning (Tu)", +1)
+    rows.append({"claim": "Prompt tuning gives better-aligned cross-lingual representations than fine-tuning (Tu)",
+                 "setting": "", "number": "not measured with seeds (the report's alignment section shows single runs)",
+                 "languages": 0, "seeds": 0, "verdict": UNDECIDED, "why": "not measured"})
+    rows += _paired_rows(table, "prompt_vs_head", "A soft prompt transfers better than the converged linear probe "
+                         "(head only)", +1)
+    return {"verdict": pd.DataFrame(rows), "statistics": table, "length_slopes": slopes,
+            "distance_slopes": distances, "reparam": reparam, "stopped_early": S.stopped_early(frame)}
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "/") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_markdown(result: dict, store: str) -> str:
+    verdict, early = result["verdict"], result["stopped_early"]
+    parts = [f"# Verdict: the studies' claims on `{store}`\n",
+             f"Effects are in accuracy points on zero-shot languages (per language: mean over seeds), with 95 % "
+             f"bootstrap intervals over languages ({S.N_BOOT} draws, seed {S.SEED}) and paired Wilcoxon "
+             f"signed-rank p-values across languages. A row is undecided with fewer than {MIN_SEEDS} seeds or "
+             f"{MIN_LANGUAGES} languages, or when its interval spans zero.\n",
+             _md_table(verdict[["claim", "setting", "number", "languages", "seeds", "verdict"]]),
+             "\n## Runs stopped too early (best epoch = last epoch)\n",
+             _md_table(early) if not early.empty else "None: every run's best epoch came before its last.\n"]
+    return "\n".join(parts)

@@ -1,0 +1,131 @@
+"""Statistics and the verdict table on synthetic stores: a known effect is detected, no effect is detected
+at about the nominal rate, and too few seeds or languages give "undecided"."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xlprompt.analysis import stats as S
+from xlprompt.analysis.report import write_report
+from xlprompt.analysis.verdict import UNDECIDED, verdict_table
+
+DTYPES = {"run_id": "string", "task": "string", "model": "string", "method": "string", "prompt_length": "Int64",
+          "shots": "Int64", "seed": "Int64", "freeze_model": "boolean", "reparam": "string", "init": "string",
+          "lr": "float64", "epochs": "Int64", "train_language": "string", "language": "string",
+          "split": "string", "accuracy": "float64", "macro_f1": "float64", "n": "Int64", "best_epoch": "Int64"}
+
+
+def languages(n):
+    return ["eng_Latn"] + [f"l{i:02d}_Latn" for i in range(n)]
+
+
+def store_frame(effects: dict, n_languages=40, seeds=(0, 1, 2), noise=0.02, seed=0, epochs=5) -> pd.DataFrame:
+    """Input-prompt runs at L=10, 32 per class, frozen: `effects` maps a changed setting (a dict of
+    columns) to its accuracy shift, added to a per-language base; seed noise is normal(0, noise)."""
+    rng = np.random.default_rng(seed)
+    codes = languages(n_languages)
+    base = dict(zip(codes, rng.uniform(0.5, 0.8, len(codes))))
+    rows = []
+    for change, shift in [({}, 0.0), *effects]:
+        for s in seeds:
+            cfg = dict(task="sib200", model="m", method="input_prompt", prompt_length=10, shots=32, seed=s,
+                       freeze_model=True, reparam="none", init="random", lr=5e-3, epochs=epochs,
+                       train_language="eng_Latn", split="test", best_epoch=epochs - 1)
+            cfg.update(change)
+            rid = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+            for code in codes:
+                shift_l = shift(code) if callable(shift) else shift
+                acc = base[code] + shift_l + rng.normal(0, noise)
+                rows.append({**cfg, "run_id": rid, "language": code, "accuracy": acc, "macro_f1": acc, "n": 204})
+    return pd.DataFrame(rows).astype(DTYPES)
+
+
+def hash_bit(code: str) -> bool:
+    return bool(int(hashlib.md5(code.encode()).hexdigest(), 16) % 2)
+
+
+def row_of(table, comparison):
+    (row,) = table[table["comparison"] == comparison].to_dict("records")
+    return row
+
+
+def test_a_known_effect_is_detected():
+    frame = store_frame([({"freeze_model": False}, -0.05), ({"prompt_length": 1}, 0.03)])
+    table = S.comparisons(frame, n_boot=2000)
+    mf = row_of(table, "mf")
+    assert mf["a"] == "MF" and mf["effect"] == pytest.approx(0.05, abs=0.01)
+    assert 0 < mf["ci_low"] < 0.05 < mf["ci_high"] and mf["p_value"] < 1e-4
+    assert mf["languages"] == 40 and mf["seeds_a"] == 3 and mf["seed_std_a"] > 0
+    length = row_of(table, "length")
+    assert (length["a"], length["b"]) == ("L=10", "L=1") and length["ci_high"] < 0
+    slopes = S.length_slopes(frame, n_boot=2000)
+    assert slopes["effect"].iloc[0] == pytest.approx(-0.03 / np.log2(10), abs=0.005) and slopes["ci_high"].iloc[0] < 0
+    verdict = verdict_table(frame, None, n_boot=2000)["verdict"]
+    assert verdict.loc[verdict["claim"].str.startswith("Freezing"), "verdict"].tolist() == ["holds"]
+    assert verdict.loc[verdict["claim"].str.startswith("Shorter"), "verdict"].tolist() == ["holds"]
+
+
+def test_no_effect_is_detected_at_about_the_nominal_rate():
+    rejected, covered = 0, 0
+    draws = 200
+    for i in range(draws):
+        frame = store_frame([({"freeze_model": False}, 0.0)], n_languages=30, seed=100 + i)
+        mf = row_of(S.comparisons(frame, n_boot=400), "mf")
+        rejected += mf["p_value"] < 0.05
+        covered += mf["ci_low"] <= 0 <= mf["ci_high"]
+    # nominal 5 %: with 200 draws a correct test rejects 1-10 % of the time (binomial 99.9 % range)
+    assert 0.01 <= rejected / draws <= 0.11
+    assert 0.88 <= covered / draws <= 0.99
+
+
+def test_distance_slope_difference_and_reparam_heterogeneity():
+    dist = {code: i / 40 for i, code in enumerate(languages(40))}
+    frame = store_frame([({"freeze_model": False}, lambda c: -0.3 * dist[c]),
+                         ({"reparam": "mlp"}, lambda c: 0.04 if hash_bit(c) else -0.04)])
+    frozen = frame["freeze_model"]
+    frame.loc[frozen, "accuracy"] -= [0.1 * dist[c] for c in frame.loc[frozen, "language"]]
+    langs = pd.DataFrame({"language": list(dist), **{d: list(dist.values()) for d in S.DISTANCES}})
+    slopes = S.distance_slopes(frame, langs, n_boot=1000)
+    row = slopes[slopes["distance"] == "featural"].iloc[0]
+    # the base accuracies are random per language, so only the difference of the slopes is known: 0.2
+    assert row["effect"] == pytest.approx(0.2, abs=0.02) and 0 < row["ci_low"] < 0.2 < row["ci_high"]
+    result = verdict_table(frame, langs, n_boot=1000)
+    v = result["verdict"]
+    assert v.loc[v["claim"].str.startswith("MF reduces"), "verdict"].tolist() == ["holds"]
+    assert v.loc[v["claim"].str.startswith("MLP"), "verdict"].tolist() == ["holds"]
+    # a uniform reparam effect is not language-dependent
+    flat = store_frame([({"reparam": "mlp"}, 0.02)], seed=5)
+    v = verdict_table(flat, None, n_boot=500)["verdict"]
+    assert v.loc[v["claim"].str.startswith("MLP"), "verdict"].tolist() == ["does not hold"]
+
+
+def test_verdict_is_undecided_with_too_few_seeds_or_languages(tmp_path):
+    few_seeds = store_frame([({"freeze_model": False}, -0.05)], seeds=(0,))
+    v = verdict_table(few_seeds, None, n_boot=500)["verdict"]
+    mf = v[v["claim"].str.startswith("Freezing")].iloc[0]
+    assert mf["verdict"] == UNDECIDED and "seed" in mf["why"]
+    few_languages = store_frame([({"freeze_model": False}, -0.05)], n_languages=5)
+    mf = verdict_table(few_languages, None, n_boot=500)["verdict"].iloc[0]
+    assert mf["verdict"] == UNDECIDED and "languages" in mf["why"]
+    # the full report writes the verdict beside the HTML, and flags runs whose best epoch was the last
+    frame = store_frame([({"freeze_model": False}, -0.05), ({"shots": 8, "epochs": 12}, -0.1)], n_languages=6,
+                        seeds=(0, 1))
+    frame.loc[frame["shots"] == 8, "best_epoch"] = 12
+    store = tmp_path / "store"
+    store.mkdir()
+    frame.to_parquet(store / "results.parquet", index=False)
+    langs = pd.DataFrame({"language": languages(6), "name": "", "family": "f", "script_name": "Latin",
+                          **{d: np.linspace(0, 1, 7) for d in S.DISTANCES}})
+    write_report(store, tmp_path / "report", alignment=False, lang_table=langs)
+    md = (tmp_path / "report" / "verdict.md").read_text()
+    assert "| Freezing the model (MF) improves transfer (Philippy) |" in md and "undecided" in md
+    assert "holds |" not in md.replace("does not hold", "")  # 2 seeds, 6 languages: nothing is decided
+    assert "Runs stopped too early" in md and md.count("| input_prompt |") == 2  # the two 8-shot seeds
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Verdict on the studies" in page and "Stopped too early" in page
+    meta = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(meta["stopped_early"]) == 2 and (tmp_path / "report" / "tables" / "verdict.csv").exists()
