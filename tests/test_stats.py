@@ -129,3 +129,19 @@ def test_verdict_is_undecided_with_too_few_seeds_or_languages(tmp_path):
     assert "Verdict on the studies" in page and "Stopped too early" in page
     meta = json.loads((tmp_path / "report" / "report.json").read_text())
     assert len(meta["stopped_early"]) == 2 and (tmp_path / "report" / "tables" / "verdict.csv").exists()
+
+
+def test_stopped_early_means_still_improving():
+    """best epoch = last is not enough (a decaying learning rate lets a converged run's dev loss creep down
+    to the end); a run is flagged when its dev loss still fell by more than 5 % over the last quarter."""
+    from xlprompt.experiments.store import late_dev_gain
+
+    plateau = [{"dev_loss": v} for v in (2.0, 1.0, 0.70, 0.69, 0.689, 0.688, 0.6875, 0.687)]
+    falling = [{"dev_loss": v} for v in (2.0, 1.6, 1.3, 1.1, 1.0, 0.9, 0.8, 0.7)]
+    assert late_dev_gain(plateau) == pytest.approx((0.688 - 0.687) / 0.688)  # 2 of 8 epochs back
+    assert late_dev_gain(falling) == pytest.approx((0.9 - 0.7) / 0.9)
+    assert late_dev_gain([{"dev_loss": 1.0}]) is None
+    runs = pd.DataFrame({"run_id": ["plateau", "falling", "unknown", "earlier"], "epochs": [8, 8, 8, 8],
+                         "best_epoch": [8, 8, 8, 5],
+                         "late_dev_gain": [late_dev_gain(plateau), late_dev_gain(falling), None, 0.2]})
+    assert S.stopped_early(runs)["run_id"].tolist() == ["falling", "unknown"]

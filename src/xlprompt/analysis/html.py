@@ -87,7 +87,8 @@ def _verdict(extra: dict) -> str:
     early = extra.get("stopped_early")
     if early is not None and not early.empty:
         parts.append(f"<h3>Stopped too early</h3><p class='skip'>{len(early)} run(s) had their best dev loss at "
-                     f"their last epoch: more epochs might have helped.</p>{_table(early, None)}")
+                     f"their last epoch while it was still falling (late_dev_gain: its relative drop over the last "
+                     f"quarter of the epochs): more epochs might have helped.</p>{_table(early, None)}")
     return "\n".join(parts)
 
 

@@ -226,11 +226,19 @@ def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BO
     return pd.DataFrame(out)
 
 
-def stopped_early(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose best epoch was their last one (of more than one): they may not have converged."""
+LATE_GAIN = 0.05  # a dev loss still falling by more than 5 % over the last quarter of epochs
+
+
+def stopped_early(frame: pd.DataFrame, late_gain: float = LATE_GAIN) -> pd.DataFrame:
+    """Runs whose best epoch was their last one (of more than one) while the dev loss was still falling by
+    more than `late_gain` (relative) over the last quarter of the epochs: they had not converged. With the
+    learning rate decaying to 0 the dev loss often creeps down to the very last epoch of a converged run,
+    so best = last alone is no sign of stopping early; runs without the curve's gain count as stopped."""
     runs = frame.drop_duplicates("run_id")
     runs = runs[runs["best_epoch"].notna() & runs["epochs"].notna() & (runs["epochs"] > 1)]
     late = runs[runs["best_epoch"] == runs["epochs"]]
+    if "late_dev_gain" in late.columns:
+        late = late[late["late_dev_gain"].isna() | (late["late_dev_gain"] > late_gain)]
     cols = [c for c in ("run_id", "method", "model", "shots", "prompt_length", "freeze_model", "reparam", "seed",
-                        "epochs", "best_epoch") if c in late.columns]
+                        "epochs", "best_epoch", "late_dev_gain") if c in late.columns]
     return late[cols].reset_index(drop=True)

@@ -159,6 +159,7 @@ def verdict_markdown(result: dict, store: str) -> str:
              f"signed-rank p-values across languages. A row is undecided with fewer than {MIN_SEEDS} seeds or "
              f"{MIN_LANGUAGES} languages, or when its interval spans zero.\n",
              _md_table(verdict[["claim", "setting", "number", "languages", "seeds", "verdict"]]),
-             "\n## Runs stopped too early (best epoch = last epoch)\n",
+             f"\n## Runs stopped too early (best epoch = last, dev loss still down > {S.LATE_GAIN:.0%} over the "
+             "last quarter of epochs)\n",
              _md_table(early) if not early.empty else "None: every run's best epoch came before its last.\n"]
     return "\n".join(parts)

@@ -11,11 +11,13 @@ Columns (a contract the report reads): run_id, task, model, method (input_prompt
 head), prompt_length (nullable int), shots (nullable int; null = all), seed, freeze_model, reparam, init,
 lr, epochs, train_language, language, split, accuracy, macro_f1, n, trainable_parameters,
 backbone_parameters, train_seconds, best_epoch; then a few extras (prefix_projection, batch_size,
-dev_accuracy, finished) and any other metric a task returns, as float columns.
+dev_accuracy, finished, late_dev_gain: the relative dev-loss drop over the
+last quarter of the epochs) and any other metric a task returns, as float columns.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ COLUMNS = {
     "trainable_parameters": "Int64", "backbone_parameters": "Int64", "train_seconds": "float64",
     "best_epoch": "Int64",
     "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
+    "late_dev_gain": "float64",
 }
 
 
@@ -92,8 +95,19 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         "backbone_parameters": params.get("backbone"), "train_seconds": info.get("train_seconds"),
         "best_epoch": best, "prefix_projection": method.get("projection"),
         "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
+        "late_dev_gain": late_dev_gain(curve),
     }
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
+
+
+def late_dev_gain(curve: list[dict]) -> float | None:
+    """Relative drop of the dev loss over the last quarter of the epochs (at least one): how much a run
+    was still improving when it stopped. None for runs without epochs."""
+    losses = [c["dev_loss"] for c in curve if c.get("dev_loss") is not None]
+    if len(losses) < 2:
+        return None
+    before = losses[-1 - max(1, math.ceil(len(losses) / 4))]
+    return (before - losses[-1]) / before if before else None
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
