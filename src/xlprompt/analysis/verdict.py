@@ -161,5 +161,5 @@ def verdict_markdown(result: dict, store: str) -> str:
              _md_table(verdict[["claim", "setting", "number", "languages", "seeds", "verdict"]]),
              f"\n## Runs stopped too early (best epoch = last, dev loss still down > {S.LATE_GAIN:.0%} over the "
              "last quarter of epochs)\n",
-             _md_table(early) if not early.empty else "None: every run's best epoch came before its last.\n"]
+             _md_table(early) if not early.empty else "None: no run was still improving when it stopped.\n"]
     return "\n".join(parts)

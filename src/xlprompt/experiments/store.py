@@ -180,7 +180,8 @@ def load_store(store_dir: str | Path) -> pd.DataFrame:
         fresh = all(os.stat(runs_dir(store_dir) / rid / DONE).st_mtime <= stamp for rid in done)
         if fresh:
             frame = pd.read_parquet(path)
-            if set(frame["run_id"].unique()) == set(done):
+            # a table written by an older xlprompt lacks newer columns: rebuild it from the run folders
+            if set(frame["run_id"].unique()) == set(done) and set(COLUMNS) <= set(frame.columns):
                 return frame
     return rebuild_store(store_dir)
 
