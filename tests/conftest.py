@@ -122,25 +122,23 @@ def toy_task():
     return _register_toy()
 
 
+def _env_folder_in_tmp(name: str, tmp_path_factory, label: str):
+    old = os.environ.get(name)
+    os.environ[name] = str(tmp_path_factory.mktemp(label))
+    yield
+    if old is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = old
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _token_cache_in_tmp(tmp_path_factory):
     """Evaluation caches tokenized datasets on disk: keep the tests' entries out of the user's cache."""
-    old = os.environ.get("XLPROMPT_TOKEN_CACHE")
-    os.environ["XLPROMPT_TOKEN_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
-    yield
-    if old is None:
-        os.environ.pop("XLPROMPT_TOKEN_CACHE", None)
-    else:
-        os.environ["XLPROMPT_TOKEN_CACHE"] = old
+    yield from _env_folder_in_tmp("XLPROMPT_TOKEN_CACHE", tmp_path_factory, "token-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_cache_in_tmp(tmp_path_factory):
     """ONNX exports of the tiny models go to a temporary folder, not the user's cache."""
-    old = os.environ.get("XLPROMPT_ENGINE_CACHE")
-    os.environ["XLPROMPT_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
-    yield
-    if old is None:
-        os.environ.pop("XLPROMPT_ENGINE_CACHE", None)
-    else:
-        os.environ["XLPROMPT_ENGINE_CACHE"] = old
+    yield from _env_folder_in_tmp("XLPROMPT_ENGINE_CACHE", tmp_path_factory, "engine-cache")

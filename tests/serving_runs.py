@@ -59,3 +59,16 @@ def train_runs(model_dir: Path, root: Path, names=None) -> dict[str, Path]:
 TEXTS = ["alpha w1 w2", "beta w3", "yes w4 w5 w6 w7 w8 w9 w10 w11 w12", "alpha", "beta w20 w21 w22 w23",
          "yes w30 w31", "w1 w2 w3 alpha beta yes w4 w5 w6 w7 w8", "beta beta", "alpha w39 w38 w37 w36",
          "yes", "w5 w6", "alpha yes beta"]
+
+
+def runs_per_family(tiny_model_dir, tmp_path_factory, prefix: str):
+    """make(family) -> that family's trained runs, trained once per module on first use."""
+    register_toy3()
+    made = {}
+
+    def make(family):
+        if family not in made:
+            made[family] = train_runs(tiny_model_dir(family), tmp_path_factory.mktemp(f"{prefix}-{family}"))
+        return made[family]
+
+    return make

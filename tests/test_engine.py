@@ -17,10 +17,10 @@ from xlprompt.evaluation import evaluate, predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.serving import PromptBank
 
-from serving_runs import RUNS, TEXTS, register_toy3, train_runs
+from serving_runs import RUNS, TEXTS, runs_per_family
 
-onnxruntime = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+import onnx  # noqa: F401  (the test extra installs both: a broken install must fail, not skip)
+import onnxruntime
 
 ENCODERS = ["bert", "xlm-roberta"]
 TOL = 1e-4  # fp32 ONNX Runtime vs PyTorch: same math, other kernels and summation order
@@ -28,15 +28,7 @@ TOL = 1e-4  # fp32 ONNX Runtime vs PyTorch: same math, other kernels and summati
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, toy_task, tmp_path_factory):
-    register_toy3()
-    made = {}
-
-    def make(family):
-        if family not in made:
-            made[family] = train_runs(tiny_model_dir(family), tmp_path_factory.mktemp(f"engine-runs-{family}"))
-        return made[family]
-
-    return make
+    return runs_per_family(tiny_model_dir, tmp_path_factory, "engine-runs")
 
 
 def logits(run, texts, engine_root=None, precision=None):

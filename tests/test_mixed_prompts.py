@@ -14,22 +14,14 @@ from xlprompt.prompts.config import FinetuneConfig, InputPromptConfig
 from xlprompt.serving import PromptBank
 from xlprompt.serving.multi import pack_rows
 
-from serving_runs import RUNS, TEXTS, register_toy3, train_run, train_runs
+from serving_runs import RUNS, TEXTS, runs_per_family, train_run
 
 MIXED_FAMILIES = ["xlm-roberta", "bert", "xglm", "gpt2", "bloom"]
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, toy_task, tmp_path_factory):
-    register_toy3()
-    made = {}
-
-    def make(family):
-        if family not in made:
-            made[family] = train_runs(tiny_model_dir(family), tmp_path_factory.mktemp(f"runs-{family}"))
-        return made[family]
-
-    return make
+    return runs_per_family(tiny_model_dir, tmp_path_factory, "runs")
 
 
 def alone(run_dir, backbone, texts):
