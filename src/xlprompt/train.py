@@ -57,7 +57,8 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     Under torchrun every process trains on its share of each batch (distributed.py).
     """
     config = config or TrainConfig(**overrides)
-    replicas = Replicas.from_env(local_rank_device(resolve_device(device)))
+    target = local_rank_device(resolve_device(device))
+    replicas = Replicas.from_env(target)
     task = get_task_for(config)  # own data: resolves and records label names in config.custom
     language = config.train_language or task.train_language
     seed_everything(config.seed)
@@ -65,7 +66,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     dev_df = task.load(task.dev_split, language, config.data_dir)
     train_df, dev_df = few_shot_splits(train_df, dev_df, config.shots, config.seed)
 
-    model = model or build_classifier(config, task, device=local_rank_device(resolve_device(device)), dtype=dtype,
+    model = model or build_classifier(config, task, device=target, dtype=dtype,
                                       gradient_checkpointing=gradient_checkpointing)
     where = model.backbone.device
     reset_peak_memory(where)
