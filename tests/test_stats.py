@@ -145,3 +145,16 @@ def test_stopped_early_means_still_improving():
                          "best_epoch": [8, 8, 8, 5],
                          "late_dev_gain": [late_dev_gain(plateau), late_dev_gain(falling), None, 0.2]})
     assert S.stopped_early(runs)["run_id"].tolist() == ["falling", "unknown"]
+
+
+def test_head_from_probe_is_its_own_comparison_and_stays_out_of_the_others():
+    """Prompt runs whose head started at the probe are compared with random-head runs, and never averaged
+    into the studies' comparisons (here: a length effect measured on random-head runs only)."""
+    frame = store_frame([({"head_init": "probe"}, 0.04), ({"prompt_length": 1}, 0.03)])
+    frame["head_init"] = frame["head_init"].fillna("random").astype("string")
+    table = S.comparisons(frame, n_boot=2000)
+    head = row_of(table, "head_init")
+    assert (head["a"], head["b"]) == ("head from probe", "random head")
+    assert head["effect"] == pytest.approx(0.04, abs=0.01) and head["ci_low"] > 0
+    length = row_of(table, "length")
+    assert length["effect"] == pytest.approx(0.0 - 0.03, abs=0.01)  # L=10 (random head) vs L=1

@@ -153,6 +153,11 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
         for variant in sorted(set(arms) - {"none"}):
             if "none" in arms:
                 out.append(_row("reparam", keys, variant, "none", arms[variant], arms["none"], n_boot))
+    # the head initialised at the converged probe vs at random (issue 15's "why")
+    for keys, arms in (_groups(inputs, ["head_init"], ["model", "freeze_model"]) if "head_init" in inputs else ()):
+        if "probe" in arms and "random" in arms:
+            out.append(_row("head_init", keys, "head from probe", "random head", arms["probe"], arms["random"],
+                            n_boot))
     # deep vs input prompt (frozen)
     for keys, arms in _groups(prompts[prompts["freeze_model"]], ["method"], ["model", "shots"]):
         if {"deep_prompt", "input_prompt"} <= set(arms):

@@ -19,7 +19,7 @@ from ..errors import XlpromptError
 
 # the run settings a store may vary (seed is the replicate, never fixed)
 AXES = ("task", "model", "method", "prompt_length", "shots", "freeze_model", "reparam", "init", "lr",
-        "epochs", "train_language", "split")
+        "epochs", "train_language", "split", "head_init")
 PROMPT_METHODS = ("input_prompt", "deep_prompt")
 METHOD_NAMES = {"input_prompt": "input prompt", "deep_prompt": "deep prompt", "finetune": "fine-tuning",
                 "head": "head only"}
@@ -128,7 +128,8 @@ def fix_other_axes(frame: pd.DataFrame, vary: list[str], keep: list[str],
                    min_values: int = 1) -> tuple[pd.DataFrame, list[dict]]:
     """Rows where every axis outside `vary` and `keep` is held at one value per `keep` group; groups
     whose best setting covers fewer than `min_values` values of `vary` are dropped."""
-    others = [a for a in AXES if a not in vary and a not in keep and frame[a].nunique(dropna=False) > 1]
+    others = [a for a in AXES if a in frame.columns and a not in vary and a not in keep
+              and frame[a].nunique(dropna=False) > 1]
     parts, chosen = [], []
     for key, part in frame.groupby(keep, dropna=False, sort=True):
         best = None
@@ -289,7 +290,7 @@ def headline_slice(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 
 def config_columns(frame: pd.DataFrame) -> list[str]:
     """The axes that actually vary in a frame (plus model and method, always shown)."""
-    return [a for a in AXES if a in ("model", "method") or frame[a].nunique(dropna=False) > 1]
+    return [a for a in AXES if a in frame.columns and (a in ("model", "method") or frame[a].nunique(dropna=False) > 1)]
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

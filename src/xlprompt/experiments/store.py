@@ -39,7 +39,7 @@ COLUMNS = {
     "trainable_parameters": "Int64", "backbone_parameters": "Int64", "train_seconds": "float64",
     "best_epoch": "Int64",
     "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
-    "late_dev_gain": "float64",
+    "late_dev_gain": "float64", "head_init": "string",
 }
 
 
@@ -95,7 +95,7 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         "backbone_parameters": params.get("backbone"), "train_seconds": info.get("train_seconds"),
         "best_epoch": best, "prefix_projection": method.get("projection"),
         "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
-        "late_dev_gain": late_dev_gain(curve),
+        "late_dev_gain": late_dev_gain(curve), "head_init": config.get("head_init", "random"),
     }
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
 
