@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from .collate import Collator, Encoded, length_sorted_batches
-from .device import to_device
+from .device import CPU_MAX_TOKENS, to_device
 from .models.heads import PooledLinearHead
 from .token_cache import TokenCache, _memory, _sha, cache_key
 
 
 FEATURES_VERSION = 1
-BATCH_TOKENS = 2048  # padded tokens per batch (evaluation's default budget)
+BATCH_TOKENS = CPU_MAX_TOKENS  # padded tokens per batch (evaluation's CPU budget); batches depend on data only
 _weights_digests: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
