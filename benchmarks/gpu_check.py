@@ -12,11 +12,13 @@ What it runs (see benchmarks/README.md, "gpu_check.py"):
    prompt, the device's default token budget; forward and end-to-end seconds from a warm token cache;
 2. GPU vs CPU: that model's logits on 3 languages on the GPU and on the CPU: fp32 (TF32 off; identical
    argmax, largest logit difference) and bf16 (argmax agreement);
-3. training, xlprompt vs PEFT on the same batches of English SIB-200 (batch 32, prompt 10, bf16 weights):
+3. quickstart's work: `fit` (L=10, all 701 English sentences, 3 epochs of batch 8) and `evaluate` on all 205
+   languages with the e5-small-shaped model, end to end from a cold token cache;
+4. training, xlprompt vs PEFT on the same batches of English SIB-200 (batch 32, prompt 10, bf16 weights):
    XGLM-564M shape (PEFT PromptTuningConfig, CAUSAL_LM) and XLM-R-large shape (PEFT prompt tuning,
    FEATURE_EXTRACTION + the same mean-pool and linear head); examples/s (median step) and peak GPU
-   memory above the weights;
-4. the XGLM-7.5B shape: one `xlprompt.fit` step in bf16 (peak memory: the largest model of the studies
+   memory above the weights, best of two rounds in alternating order;
+5. the XGLM-7.5B shape: one `xlprompt.fit` step in bf16 (peak memory: the largest model of the studies
    fits on one GPU).
 It prints one table headed by the device's name.
 
@@ -159,6 +161,30 @@ def check_evaluation(model_dir: Path, device, langs, cache: Path, rows: list) ->
         del run
 
 
+def check_quickstart(model_dir: Path, device, smoke: bool, rows: list) -> None:
+    """`xlprompt quickstart`'s work (quickstart.py: fit L=10 on all 701 English sentences for 3 epochs of
+    batch 8, then evaluate every language) on the e5-small shape, timed end to end, cold token cache."""
+    from xlprompt import evaluate, fit
+    from xlprompt.config import TrainConfig
+    from xlprompt.prompts import InputPromptConfig
+
+    free(device)
+    started = time.perf_counter()
+    config = TrainConfig(model=str(model_dir), method=InputPromptConfig(length=PROMPT_LENGTH),
+                         shots=4 if smoke else None, epochs=1 if smoke else 3)
+    run = fit(config, progress=False, device=device)
+    results = evaluate(run, COMPARE_LANGS if smoke else "all", progress=False)
+    seconds = time.perf_counter() - started
+    rows.append({"check": "quickstart's work, e5-small shape", "setting": f"fit L={PROMPT_LENGTH}, "
+                 f"{run.info['train_examples']} rows x {config.epochs} epochs, batch {config.batch_size}; evaluate "
+                 f"{len(results['languages'])} languages, {results['speed']['dtype']}",
+                 "result": f"{seconds:.1f} s end to end (training {run.info['train_seconds']:.1f} s, evaluation "
+                           f"{results['seconds']:.1f} s)",
+                 "seconds": seconds, "train_seconds": run.info["train_seconds"],
+                 "evaluation_seconds": results["seconds"]})
+    del run
+
+
 def logits(run, frames, task) -> np.ndarray:
     from xlprompt.collate import Encoded
     from xlprompt.evaluation import predict_encoded
@@ -255,18 +281,30 @@ def check_training(name: str, tokenizer, device, smoke: bool, batch: int, steps:
     backbone = Backbone(model, tokenizer, kind, f"{name}-random")
     encoded, batches = sib_batches(tokenizer, batch, steps + 1)
     weights = allocated_mb(device)
-    result = {}
+    result, step_fns = {}, {}
     for system in ("xlprompt", "peft"):
         try:
-            if system == "xlprompt":
-                step = xlprompt_step(backbone, encoded, device)
-            else:
-                step = peft_step_fn(backbone, encoded, device)[0]
-            median, peak = timed(step, batches, device)
-            result[system] = {"examples_per_second": batch / median,
-                              "memory_above_weights_mb": None if peak is None else peak - weights}
+            step_fns[system] = (xlprompt_step(backbone, encoded, device) if system == "xlprompt"
+                             else peft_step_fn(backbone, encoded, device)[0])
         except Exception as exc:  # noqa: BLE001 - a PEFT refusal is a result too
             result[system] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    # two rounds in alternating order, each system's faster median kept: on a fresh GPU the first system
+    # timed pays one-off costs (kernel selection, allocator growth) that one warm-up step does not absorb
+    # (measured on an H200: xlprompt 198 ms first, 49 ms second; PEFT 46 / 45 ms)
+    timings: dict[str, list] = {system: [] for system in step_fns}
+    for order in (list(step_fns), list(step_fns)[::-1]):
+        for system in order:
+            try:
+                timings[system].append(timed(step_fns[system], batches, device))
+            except Exception as exc:  # noqa: BLE001
+                result[system] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    for system, runs in timings.items():
+        if system not in result and runs:
+            median = min(m for m, _ in runs)
+            peaks = [p for _, p in runs if p is not None]
+            result[system] = {"examples_per_second": batch / median,
+                              "memory_above_weights_mb": max(peaks) - weights if peaks else None,
+                              "rounds_ms": [round(m * 1000, 1) for m, _ in runs]}
     x, p = result["xlprompt"], result["peft"]
     if "error" in x:
         raise RuntimeError(f"xlprompt training failed on {name}: {x['error']}")
@@ -278,7 +316,7 @@ def check_training(name: str, tokenizer, device, smoke: bool, batch: int, steps:
                f"{speed:.2f}x" + (f", memory {memory:.2f}x" if memory is not None else "")
                if "error" not in p else f"PEFT: {p['error']}"))
     rows.append({"check": f"train, {name} shape", "setting": f"bf16 weights, batch {batch}, prompt "
-                 f"{PROMPT_LENGTH}, {steps} timed steps, same batches", "result": text,
+                 f"{PROMPT_LENGTH}, {steps} timed steps, same batches, best of 2 alternating rounds", "result": text,
                  "weights_mb": weights, **{f"{k}_{m}": v for k, d in result.items() for m, v in d.items()},
                  "speed_ratio": speed, "memory_ratio": memory})
     del model, backbone
@@ -351,6 +389,7 @@ def main(argv=None) -> int:
         tokenizer.save_pretrained(model_dir)
         check_evaluation(model_dir, device, langs, Path(tmp) / "token-cache", rows)
         check_cpu_agreement(model_dir, device, rows)
+        check_quickstart(model_dir, device, args.smoke, rows)
     for model in ("xglm-564M", "xlm-r-large"):
         check_training(model, tokenizer, device, args.smoke, batch, steps, rows)
     check_largest(tokenizer, device, args.smoke, 32, rows)

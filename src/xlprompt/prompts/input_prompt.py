@@ -77,10 +77,14 @@ class InputPrompt(nn.Module):
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_mask: torch.Tensor) -> PromptedInputs:
-        batch = embeds.shape[0]
+        batch, length = embeds.shape[0], self.config.length
         prompt = self.prompt_embeddings().to(embeds.dtype)
+        # the slots' positions, in order, without a boolean index: `embeds[prompt_mask]` needs the count of
+        # True values on the host, a GPU->CPU sync in every forward pass (a stable sort puts slots first)
+        slots = torch.sort((~prompt_mask).to(torch.uint8), dim=1, stable=True).indices[:, :length]
+        rows = torch.arange(batch, device=embeds.device).unsqueeze(1)
         embeds = embeds.clone()
-        embeds[prompt_mask] = prompt.repeat(batch, 1)
+        embeds[rows, slots] = prompt.unsqueeze(0).expand(batch, -1, -1)
         return PromptedInputs(embeds, attention_mask)
 
 
