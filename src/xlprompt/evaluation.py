@@ -24,6 +24,7 @@ from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
 from .device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, device_info, reset_peak_memory, resolve_device,
                      to_device)
+from .engine.checked import MIN_ROWS
 from .errors import XlpromptError
 from .features import feature_cache_for, head_outputs, uses_features
 from .models.heads import head_loss
@@ -164,8 +165,12 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     engine_used, engine_why = resolve_engine(engine, run.model.backbone, device, used,
                                              trained_backbone=not config.freeze_model)
     used = engine_precision(engine_used, precision, used)
+    if used == "int8-checked" and (engine_used != "torch" or not is_classification(task) or len(pooled) < MIN_ROWS):
+        used, why = "fp32", (f"{why}; fp32 instead: int8-checked rechecks sentence classification on the torch "
+                             f"engine, for at least {MIN_ROWS:,} rows")
+    check_info = None
     backbone_setting = (onnx_backbone(run.model, used) if engine_used == "onnx"
-                        else precision_context(used, run.model, device))
+                        else precision_context("fp32" if used == "int8-checked" else used, run.model, device))
     stats: dict = {}
     reset_peak_memory(device)
     with thread_setting(threads) as tuner, backbone_setting as engine_info:
@@ -174,6 +179,10 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         if features and used == "fp32" and engine_used == "torch" and uses_features(run.model, config):
             feature_cache = feature_cache_for(cache)
             outputs = head_outputs(run.model, task, frames, encoded, config.max_length, feature_cache, stats)
+        elif used == "int8-checked":
+            outputs, check_info = int8_checked_outputs(run, task, pooled, batch_size, max_tokens, cache, data_dir,
+                                                       progress=progress, tuner=tuner, stats=stats,
+                                                       description=f"evaluating {len(codes)} languages")
         else:
             outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
                                       stats=stats, description=f"evaluating {len(codes)} languages")
@@ -197,7 +206,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "batches": stats["batches"],
         "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
-        "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why},
+        "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why,
+                                               **({"recheck": check_info} if check_info else {})},
         "engine": {"used": engine_used, "requested": engine, "why": engine_why, **(engine_info or {})},
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
         **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
@@ -217,6 +227,57 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "sentences_per_second": len(pooled) / seconds if seconds else None,
         "speed": speed,
     }
+
+
+def is_classification(task) -> bool:
+    return getattr(task.format, "head", "classification") == "classification"
+
+
+def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cache, data_dir, *, progress, tuner,
+                         stats: dict, description: str):
+    """Every row in int8, then the close calls again in fp32 (engine/checked.py); the threshold comes from
+    the training language's dev set, run both ways once per model."""
+    from .engine import checked
+    from .inference import precision_context
+
+    model, device = run.model, _device(run.model)
+    calibration = _calibration(run, task, batch_size, max_tokens, cache, data_dir)
+    with precision_context("int8", model, device):
+        outputs = predict_outputs(model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
+                                  stats=stats, description=f"{description} (int8)")
+    rows = checked.rows_to_recheck(outputs, calibration["threshold"])
+    again: dict = {}
+    fp32 = predict_outputs(model, checked.subset(pooled, rows), batch_size, max_tokens, progress=progress,
+                           tuner=tuner, stats=again, description=f"rechecking {len(rows):,} close calls (fp32)")
+    for key in ("collate", "forward", "tokens", "padded_tokens", "batches"):
+        stats[key] += again[key]
+    info = {**calibration, "rechecked_rows": int(len(rows)), "rechecked_share": len(rows) / max(len(pooled), 1),
+            "recheck_forward_seconds": again["forward"]}
+    return checked.replace_rows(outputs, rows, fp32), info
+
+
+_CALIBRATIONS: dict = {}  # id(model) -> (fingerprint of its prompt and head, calibration)
+
+
+def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
+    from .engine import checked
+    from .inference import precision_context
+
+    model = run.model
+    fingerprint = tuple(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    hit = _CALIBRATIONS.get(id(model))
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    config = run.config
+    frame = task.load(task.dev_split, config.train_language or task.train_language, data_dir)
+    dev = (cache.encode(task, model.backbone.tokenizer, frame, config.max_length) if cache
+           else task.encode(model.backbone.tokenizer, frame, config.max_length))
+    fp32 = predict_outputs(model, dev, batch_size, max_tokens)
+    with precision_context("int8", model, _device(model)):
+        int8 = predict_outputs(model, dev, batch_size, max_tokens)
+    calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
+    _CALIBRATIONS[id(model)] = (fingerprint, calibration)
+    return calibration
 
 
 def scoring_task(config, name: str | None):

@@ -26,10 +26,12 @@ from torch import nn
 
 from .errors import XlpromptError
 
-PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "int8", "int8-checked", "bf16", "fp16")
 # What "auto" means on CPU. int8 would be the default only if its mean accuracy over all 205 SIB-200
 # languages stayed within 0.5 points of fp32 (benchmarks/README.md has the measurement).
 CPU_AUTO = "fp32"
+AUTO_INT8_WHY = ("auto: int8 for the frozen backbone's Linear layers (one activation scale per token), close calls "
+                 "rechecked in fp32")
 AUTO_WHY = ("auto: fp32 (int8 has not passed the 205-language accuracy guard; pass --precision int8 to trade "
             "accuracy for speed)")
 
@@ -138,13 +140,13 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
     if precision == "auto":
         if device.type != "cpu":
             return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
-        if CPU_AUTO == "int8" and not trained_backbone and _quantization_available():
-            return "int8", "auto: int8 (per-token activation scales) for the frozen backbone's Linear layers"
+        if CPU_AUTO != "fp32" and not trained_backbone and _quantization_available():
+            return CPU_AUTO, AUTO_INT8_WHY
         return "fp32", AUTO_WHY
     if precision in ("bf16", "fp16") and device.type == "cpu":
         warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
                       stacklevel=3)
-    if precision == "int8":
+    if precision in ("int8", "int8-checked"):
         if device.type != "cpu":
             raise XlpromptError("int8 dynamic quantization runs on CPU only: use --precision bf16 or fp16 on a GPU.")
         if trained_backbone:

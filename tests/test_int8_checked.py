@@ -1,0 +1,70 @@
+"""`int8-checked`: every row in int8, the close calls again in fp32, with a threshold calibrated on the
+training language's dev set."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xlprompt import TrainConfig, fit
+from xlprompt.engine import checked
+from xlprompt.engine.int8_token import int8_matmul_available
+from xlprompt.evaluation import evaluate, predict_outputs
+from xlprompt.inference import precision_context
+from xlprompt.prompts.config import InputPromptConfig
+
+pytestmark = pytest.mark.skipif(not int8_matmul_available(), reason="torch has no CPU int8 matmul")
+
+
+def test_margins_and_threshold_on_known_numbers():
+    fp32 = [np.array([2.0, 1.0, 0.0]), np.array([0.0, 0.5, 0.4]), np.array([3.0, -1.0, 0.0])]
+    int8 = [np.array([2.0, 1.5, 0.0]), np.array([0.0, 0.3, 0.4]), np.array([3.0, -1.0, 0.0])]
+    np.testing.assert_allclose(checked.margins(fp32), [1.0, 0.1, 3.0])
+    np.testing.assert_allclose(checked.margins(int8), [0.5, 0.1, 3.0])
+    calibration = checked.calibrate(fp32, int8, quantile=1.0)
+    assert calibration["threshold"] == pytest.approx(0.5) and calibration["flips"] == 1
+    assert checked.rows_to_recheck(int8, 0.5).tolist() == [1]  # 0.5 itself is not below the threshold
+    with pytest.raises(ValueError, match="labels >= 2"):
+        checked.margins([np.array([1.0])])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, toy_task):
+    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(length=3),
+                         epochs=2, batch_size=8, lr=0.1, seed=0)
+    return fit(config, progress=False)
+
+
+def test_close_calls_get_exactly_the_fp32_outputs(trained, monkeypatch):
+    import xlprompt.evaluation as ev
+
+    monkeypatch.setattr(ev, "MIN_ROWS", 1)
+    results = evaluate(trained, "all", progress=False, precision="int8-checked", threads=1, token_cache=False)
+    check = results["speed"]["precision"]["recheck"]
+    assert results["speed"]["precision"]["used"] == "int8-checked"
+    assert check["split"] == "dev" and check["threshold"] > 0 and 0 < check["rechecked_rows"] < results["speed"][
+        "sentences"]
+
+    # the same passes by hand: int8 everywhere, fp32 on the rows under the threshold
+    from xlprompt.collate import Encoded
+    from xlprompt.tasks import get_task
+
+    task, model = get_task("toy"), trained.model
+    pooled = Encoded.concat([task.encode(model.backbone.tokenizer, task.load("test", c), 128)
+                             for c in ("deu_Latn", "eng_Latn")])
+    fp32 = predict_outputs(model, pooled, 64)
+    with precision_context("int8", model, torch.device("cpu")):
+        int8 = predict_outputs(model, pooled, 64)
+    rows = checked.rows_to_recheck(int8, check["threshold"])
+    assert len(rows) == check["rechecked_rows"]
+    mixed = checked.replace_rows(int8, rows, [fp32[r] for r in rows])
+    expected = {c: float(np.mean(np.stack(mixed[i * 40:(i + 1) * 40]).argmax(1) ==
+                                 np.array(pooled.labels[i * 40:(i + 1) * 40])))
+                for i, c in enumerate(("deu_Latn", "eng_Latn"))}
+    assert {c: m["accuracy"] for c, m in results["languages"].items()} == pytest.approx(expected, abs=1e-12)
+
+
+def test_small_inputs_and_other_engines_fall_back_to_fp32(trained):
+    results = evaluate(trained, "all", progress=False, precision="int8-checked", threads=1, token_cache=False)
+    assert results["speed"]["precision"]["used"] == "fp32"
+    assert "for at least 2,000 rows" in results["speed"]["precision"]["why"]
