@@ -211,6 +211,35 @@ def minutes_for_all(res: dict, counts: dict, langs: list[str]) -> tuple[float, b
     return (per_token * tok_ratio + (total - per_token) * sent_ratio) / 60, False
 
 
+def compare_results(paths: list[str]) -> list[str]:
+    """Whole `xlprompt evaluate` runs side by side: the first file is the reference. Each row's speed is its
+    own run's (forward tokens/s, end-to-end minutes), so the runs should share a machine and a load."""
+    from xlprompt.engine.guard import accuracy_guard
+
+    results = []
+    for path in paths:
+        with open(path) as fh:
+            results.append(json.load(fh))
+    ref = {c: m["accuracy"] for c, m in results[0]["languages"].items()}
+    base = results[0]["speed"]["tokens_per_second"]
+    lines = [f"{'precision / engine':26s} {'tok/s':>7s} {'vs ref':>7s} {'forward min':>11s} {'total min':>9s} "
+             f"{'mean acc':>8s} {'Δmean pt':>8s} {'worst pt':>8s}  worst language  rechecked"]
+    guards = []
+    for path, r in zip(paths, results):
+        s = r["speed"]
+        acc = {c: m["accuracy"] for c, m in r["languages"].items()}
+        g = accuracy_guard(ref, acc)
+        recheck = s["precision"].get("recheck")
+        name = f"{s['precision']['used']} / {s['engine']['used']}"
+        lines.append(f"{name:26s} {s['tokens_per_second']:7.0f} {s['tokens_per_second'] / base:6.2f}x "
+                     f"{s['seconds']['forward'] / 60:11.2f} {s['seconds']['total'] / 60:9.2f} "
+                     f"{r['mean']['accuracy']:8.4f} {g.mean_delta:+8.2f} {g.worst_delta:+8.2f}  {g.worst_language:15s} "
+                     f"{'-' if not recheck else format(recheck['rechecked_share'], '.1%')}")
+        if path != paths[0]:
+            guards.append(g.line(name, "the first file"))
+    return lines + guards + [f"({len(ref)} languages; files: {', '.join(paths)})"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="run folder to evaluate (default: train a quick one)")
@@ -228,6 +257,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads for --engines/--guard (default 1)")
     ap.add_argument("--chunks", type=int, default=8, help="--guard: language chunks, each saved when done")
     ap.add_argument("--summarize-partial", help="print the tables and guard of a (stopped) --guard's .partial.jsonl")
+    ap.add_argument("--compare", nargs="+", metavar="RESULTS.json",
+                    help="results of `xlprompt evaluate --out` on the same languages, the first the reference "
+                         "(fp32 torch): one table of speed and accuracy change, and the accuracy guard")
     ap.add_argument("--out", help="write every measurement as JSON (atomic)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -236,6 +268,9 @@ def main(argv=None) -> None:
         return
     if args.summarize_partial:
         engine_compare.summarize_partial(args.summarize_partial, args.reference)
+        return
+    if args.compare:
+        print("\n".join(compare_results(args.compare)))
         return
 
     from xlprompt.io import write_json

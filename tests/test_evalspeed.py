@@ -227,8 +227,8 @@ def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_di
 @pytest.mark.slow
 def test_int8_against_fp32_on_the_offline_default():
     """int8 is honest about what it costs: it really quantizes (scores move), decisions that are not close
-    calls in fp32 survive it, and `auto` does not pick it on a CPU because over 205 languages it lost more
-    than the 0.5-point bar (benchmarks/README.md). The accuracy change on these 612 sentences is computed
+    calls in fp32 survive it, and `auto` does not pick plain int8 on a CPU (over 205 languages one language
+    lost more than 2 points; benchmarks/README.md). The accuracy change on these 612 sentences is computed
     from the very same predictions, so it is checked exactly, not within a band."""
     from xlprompt.collate import encode_texts
     from xlprompt.evaluation import predict_encoded
@@ -257,10 +257,12 @@ def test_int8_against_fp32_on_the_offline_default():
           f"{agreement:.4f}, largest logit shift {shift.max():.3f}")
     assert shift.max() > 1e-3  # it did quantize
     assert agreement >= 0.8  # measured 0.853 (accuracy 0.4706 -> 0.4346) when this test was written
-    # the documented policy: `auto` takes int8 only once it costs at most 0.5 accuracy points
-    auto = resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0]
-    assert (auto == "int8") == (fp32_acc - int8_acc <= 0.005), (auto, fp32_acc, int8_acc)
-    assert resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0] == "fp32"
+    # `auto` on CPU is int8-checked (it passed the 205-language guard, plain int8 did not; benchmarks/README.md),
+    # and below 2,000 rows it runs fp32: these 612 sentences get exactly fp32's accuracy
+    assert resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0] == "int8-checked"
+    auto = evaluate(run, "eng_Latn,deu_Latn,zho_Hans", progress=False, threads=1)
+    assert auto["speed"]["precision"]["used"] == "fp32"
+    assert auto["mean"]["accuracy"] == pytest.approx(fp32_acc, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -142,8 +142,10 @@ def evaluate(
                                      help="Reuse tokenized datasets (env XLPROMPT_TOKEN_CACHE names the folder)."),
     threads: str = typer.Option("auto", help="torch threads: auto (measured on the first batches, re-checked) "
                                 "or a number."),
-    precision: str = typer.Option("auto", help="auto | fp32 | int8 (CPU, frozen backbone only) | bf16 | fp16 "
-                                  "(autocast, for GPUs). auto = fp32 (see benchmarks/README.md)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | int8 | int8-checked (CPU, frozen backbone only: "
+                                  "int8, close calls rechecked in fp32) | bf16 | fp16 (autocast, for GPUs). auto = "
+                                  "int8-checked on CPU for 2,000+ rows of sentence classification, else fp32 (see "
+                                  "benchmarks/README.md)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "

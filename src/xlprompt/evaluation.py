@@ -6,8 +6,9 @@ Speed (see benchmarks/README.md for the measurements behind each default):
   ones); `batch_size` adds a cap on rows (`batch_size=64, max_tokens=None` is the old fixed policy);
 - `token_cache`: each dataset is tokenized once per tokenizer/task/max_length/data and reused (token_cache.py);
 - `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
-- `precision`: "auto" = fp32 (int8 is opt-in until it passes the 205-language accuracy guard;
-  inference.CPU_AUTO);
+- `precision`: "auto" = int8-checked on CPU for a frozen backbone (int8, close calls rechecked in fp32;
+  it passed the 205-language accuracy guard; inference.CPU_AUTO), fp32 for fewer than 2,000 rows, for
+  tagging/QA and on a GPU;
 - `engine`: torch | onnx (ONNX Runtime runs the frozen backbone, engine/) | auto (engine.AUTO_ENGINE).
 """
 from __future__ import annotations

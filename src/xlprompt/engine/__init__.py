@@ -60,7 +60,7 @@ def resolve_engine(engine: str, backbone, device, precision: str, trained_backbo
     if trained_backbone:
         raise XlpromptError("This run trained the backbone; the ONNX engine exports the shared frozen model only: "
                             "use --engine torch.")
-    if precision not in ("fp32", "int8"):
+    if precision not in ("fp32", "int8", "int8-checked"):  # int8-checked on ONNX: evaluation says it runs fp32
         raise XlpromptError(f"The ONNX engine runs fp32 or int8, not {precision}: use --engine torch for it.")
     if backbone.kind != "encoder":
         line = f"the ONNX engine exports encoder backbones only; {backbone.name} is a decoder: using torch"
