@@ -49,7 +49,8 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
     lines = summary_lines(results)
     lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
                  f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s) on "
-                 f"{results['speed']['device_name']} ({results['speed']['dtype']}, "
+                 f"{results['speed']['device_name']} ({results['speed']['dtype']} weights, precision "
+                 f"{results['speed']['precision']['used']}, "
                  f"engine {results['speed']['engine']['used']})")
     report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
               "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
