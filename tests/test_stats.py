@@ -158,3 +158,14 @@ def test_head_from_probe_is_its_own_comparison_and_stays_out_of_the_others():
     assert head["effect"] == pytest.approx(0.04, abs=0.01) and head["ci_low"] > 0
     length = row_of(table, "length")
     assert length["effect"] == pytest.approx(0.0 - 0.03, abs=0.01)  # L=10 (random head) vs L=1
+
+
+def test_arms_are_compared_on_the_seeds_they_share():
+    """Seed 1 of MF without a seed-1 no-MF run must not count: the effect is seed 0 against seed 0."""
+    frame = store_frame([({"freeze_model": False}, -0.05)], seeds=(0, 1), noise=0.0)
+    unfrozen_seed1 = (frame["freeze_model"] == False) & (frame["seed"] == 1)  # noqa: E712
+    frame = frame[~unfrozen_seed1].copy()
+    frame.loc[frame["freeze_model"] & (frame["seed"] == 1), "accuracy"] -= 0.2  # a bad seed 1 of MF only
+    mf = row_of(S.comparisons(frame, n_boot=500), "mf")
+    assert mf["effect"] == pytest.approx(0.05, abs=1e-9)
+    assert mf["seeds_a"] == 1 and mf["seeds_b"] == 1

@@ -1,8 +1,9 @@
 """Statistics for every comparison the studies make, computed from the store.
 
 Each comparison pairs two arms (e.g. MF and no MF at 8 samples per class) that differ in one setting,
-the others held fixed as the figures hold them (`tables.fix_other_axes`). Per arm and zero-shot
-language, accuracy is first averaged over seeds; the effect is the mean over the languages both arms
+the others held fixed as the figures hold them (`tables.fix_other_axes`). Where the two arms share seeds,
+only the shared seeds enter (`matched_seeds`). Per arm and zero-shot language, accuracy is first averaged
+over seeds; the effect is the mean over the languages both arms
 have of (A - B). Reported: that effect with a 95 % percentile bootstrap interval (languages resampled,
 `N_BOOT` draws, fixed seed), each arm's spread over seeds (std, ddof=1, of its mean over languages), and
 a paired Wilcoxon signed-rank test across languages on the per-language seed means (scipy; zero
@@ -120,7 +121,17 @@ def _shots_order(value) -> float:
     return np.inf if value is None or pd.isna(value) else float(value)
 
 
+def matched_seeds(a_rows: pd.DataFrame, b_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both arms cut to the seeds they share, when they share any: an extra seed on one side only would
+    move that side's seed mean and show up as an effect (seed 1 of one arm against seed 0 of the other)."""
+    common = set(a_rows["seed"].dropna()) & set(b_rows["seed"].dropna())
+    if not common:
+        return a_rows, b_rows
+    return a_rows[a_rows["seed"].isin(common)], b_rows[b_rows["seed"].isin(common)]
+
+
 def _row(comparison: str, keys: dict, a_label: str, b_label: str, a_rows, b_rows, n_boot: int) -> dict:
+    a_rows, b_rows = matched_seeds(a_rows, b_rows)
     return {"comparison": comparison, "series": _series(keys), **{f"key_{k}": T._plain(v) for k, v in keys.items()},
             "a": a_label, "b": b_label, **paired(arm(a_rows), arm(b_rows), n_boot)}
 
