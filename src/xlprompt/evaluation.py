@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     engine_used, engine_why = resolve_engine(engine, run.model.backbone, device, used,
                                              trained_backbone=not config.freeze_model)
     used = engine_precision(engine_used, precision, used)
-    if used == "int8-checked" and (engine_used != "torch" or not is_classification(task) or len(pooled) < MIN_ROWS):
+    if used == "int8-checked" and (engine_used != "torch" or task.head != "classification" or len(pooled) < MIN_ROWS):
         used, why = "fp32", (f"{why}; fp32 instead: int8-checked rechecks sentence classification on the torch "
                              f"engine, for at least {MIN_ROWS:,} rows")
     check_info = None
@@ -230,10 +231,6 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     }
 
 
-def is_classification(task) -> bool:
-    return getattr(task.format, "head", "classification") == "classification"
-
-
 def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cache, data_dir, *, progress, tuner,
                          stats: dict, description: str):
     """Every row in int8, then the close calls again in fp32 (engine/checked.py); the threshold comes from
@@ -257,7 +254,8 @@ def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cac
     return checked.replace_rows(outputs, rows, fp32), info
 
 
-_CALIBRATIONS: dict = {}  # id(model) -> (fingerprint of its prompt and head, calibration)
+# model -> (fingerprint of its trainable weights, calibration); weak keys: a freed model's entry goes with it
+_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
@@ -266,7 +264,7 @@ def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
 
     model = run.model
     fingerprint = tuple(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
-    hit = _CALIBRATIONS.get(id(model))
+    hit = _CALIBRATIONS.get(model)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
     config = run.config
@@ -277,7 +275,7 @@ def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
     with precision_context("int8", model, _device(model)):
         int8 = predict_outputs(model, dev, batch_size, max_tokens)
     calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
-    _CALIBRATIONS[id(model)] = (fingerprint, calibration)
+    _CALIBRATIONS[model] = (fingerprint, calibration)
     return calibration
 
 

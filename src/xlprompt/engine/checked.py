@@ -32,8 +32,9 @@ def margins(outputs) -> np.ndarray:
 
 def calibrate(fp32_outputs, int8_outputs, quantile: float = RECHECK_QUANTILE) -> dict:
     """The recheck threshold from the same rows run both ways: the `quantile` of |margin change|."""
-    change = np.abs(margins(fp32_outputs) - margins(int8_outputs))
-    flips = int((np.asarray(np.stack(fp32_outputs)).argmax(1) != np.asarray(np.stack(int8_outputs)).argmax(1)).sum())
+    fp32, int8 = np.stack(fp32_outputs), np.stack(int8_outputs)
+    change = np.abs(margins(fp32) - margins(int8))
+    flips = int((fp32.argmax(1) != int8.argmax(1)).sum())
     return {"threshold": float(np.quantile(change, quantile)), "quantile": quantile, "rows": int(len(change)),
             "largest_change": float(change.max()), "flips": flips}
 

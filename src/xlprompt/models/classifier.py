@@ -72,10 +72,9 @@ def build_classifier(config, task, backbone: Backbone | None = None, *, device=N
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     method = build_prompt_method(config.method, backbone, generator)
-    head_kind = getattr(task.format, "head", "classification")
-    if head_kind == "tagging":
+    if task.head == "tagging":
         head = TokenLinearHead(backbone.hidden_size, task.num_labels)
-    elif head_kind == "span":
+    elif task.head == "span":
         head = SpanHead(backbone.hidden_size)
     elif backbone.kind == "decoder" and (isinstance(config.method, HeadOnlyConfig) or not (
             config.label_words or task.label_words)):

@@ -123,7 +123,7 @@ def read_servable_config(run_dir: Path) -> TrainConfig:
         raise XlpromptError(f"{run_dir} trained the model's own weights ({config.method.type}, freeze_model="
                             f"{config.freeze_model}): its model differs from the shared frozen one, so it cannot "
                             "be served beside other prompts. Evaluate it alone with `xlprompt evaluate`.")
-    head = getattr(get_task_for(config).format, "head", "classification")
+    head = get_task_for(config).head
     if head != "classification":
         raise XlpromptError(f"{run_dir} is a {config.task} run ({head} head): serving takes sentence and "
                             "sentence-pair classification runs only.")

@@ -34,6 +34,11 @@ class Task:
         return len(self.label_names)
 
     @property
+    def head(self) -> str:
+        """Which head reads the format: "classification" (sentences, pairs), "tagging" or "span"."""
+        return getattr(self.format, "head", "classification")
+
+    @property
     def metric_names(self) -> tuple[str, ...]:
         return self.format.metric_names
 
