@@ -1,4 +1,5 @@
-"""Load test of `xlprompt serve`: throughput and latency with 1, 8 and 32 prompts, mixed vs single batching.
+"""Load test of `xlprompt serve`: throughput and latency with 1, 8 and 32 prompts, mixed vs single batching,
+fp32 vs int8-checked.
 
     python benchmarks/serve_load.py --quick                 # a smoke check, a few minutes on 2 busy cores
     python benchmarks/serve_load.py --out serve_load.json   # the full run
@@ -10,8 +11,10 @@ with that run's trained head and freshly initialised random prompts (seeds 1..N-
 lengths (input 1/5/10/20, deep 4/16), so batches mix prompt lengths and methods as a real server's would.
 Prompt values do not change the cost of a forward pass; their kinds and lengths do.
 
-Two servers (`--batching mixed` and `--batching single`) run as child processes on 127.0.0.1, each loaded
-with all prompts; only one is under load at a time. For each prompt count P, `--concurrency` clients send
+One server per `--batchings` x `--precisions` pair (default: mixed and single, each in fp32, the baseline,
+and int8-checked) runs as a child process on 127.0.0.1, each loaded with all prompts; only one is under
+load at a time, in the same order for every prompt count. The table gives each server's texts/s against
+the same batching in the first precision, and the share of its int8 rows it rechecked in fp32. For each prompt count P, `--concurrency` clients send
 requests of `--texts` SIB-200 test sentences (8 languages) with a prompt drawn uniformly from the first P,
 until `--requests` requests were sent or `--seconds` passed. Every measurement also reports the errors
 (non-200 answers and failed connections) and the server's resident memory (VmRSS) and peak (VmHWM) after it.
@@ -81,9 +84,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(runs: dict[str, Path], batching: str, args, log) -> tuple[subprocess.Popen, str]:
+def start_server(runs: dict[str, Path], batching: str, args, log, precision: str = "auto") -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "xlprompt.cli", "serve", "--port", str(port), "--batching", batching,
+               "--precision", precision,
                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                "--max-padding", str(args.max_padding), "--threads", str(args.threads), "--log-level", "warning"]
     for name, path in runs.items():
@@ -93,6 +97,7 @@ def start_server(runs: dict[str, Path], batching: str, args, log) -> tuple[subpr
 
 
 def wait_ready(process: subprocess.Popen, url: str, seconds: float = 300) -> None:
+    """Until /health answers (int8-checked servers calibrate every prompt first: seconds per prompt)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -103,7 +108,7 @@ def wait_ready(process: subprocess.Popen, url: str, seconds: float = 300) -> Non
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit("the server did not answer within 300 s")
+    raise SystemExit(f"the server did not answer within {seconds:.0f} s")
 
 
 async def load(url: str, names: list[str], texts: list[str], args, seed: int) -> dict:
@@ -144,7 +149,9 @@ async def load(url: str, names: list[str], texts: list[str], args, seed: int) ->
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
             "batches": batches, "forward_passes": after["forward_passes"] - before["forward_passes"],
             "mean_batch": (after["texts"] - before["texts"]) / batches if batches else 0.0,
-            "failures": failures, "errors": sum(failures.values()), "queued_after": after["queued_texts"]}
+            "failures": failures, "errors": sum(failures.values()), "queued_after": after["queued_texts"],
+            "precision": after.get("precision"),
+            "rows": {k: v - before.get("rows", {}).get(k, 0) for k, v in after.get("rows", {}).items()}}
 
 
 def server_memory(pid: int) -> dict:
@@ -193,6 +200,10 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--max-padding", type=float, default=0.1, help="the server's --max-padding")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--batchings", default="mixed,single", help="the servers' --batching values to compare")
+    parser.add_argument("--precisions", default="fp32,int8-checked",
+                        help="the servers' --precision values to compare (the first is the baseline)")
+    parser.add_argument("--start-seconds", type=float, default=900, help="how long a server may take to start")
     parser.add_argument("--shots", type=int, default=8, help="shots per class of the trained base run")
     parser.add_argument("--runs-dir", type=Path, help="keep (and reuse) the run folders here")
     parser.add_argument("--out", type=Path, default=Path("serve_load.json"))
@@ -216,24 +227,24 @@ def main() -> None:
     log_path = args.out.with_suffix(".log")
     if args.long:
         return long_main(runs, counts, texts, args, log_path, root, started)
+    configs = [(b, p) for p in args.precisions.split(",") for b in args.batchings.split(",")]
     servers = {}
     with open(log_path, "w") as log:
         try:
-            for mode in ("mixed", "single"):
-                servers[mode] = start_server(runs, mode, args, log)
-            for mode, (process, url) in servers.items():
-                wait_ready(process, url)
+            for batching, precision in configs:  # all load at once; only one is under load at a time
+                servers[f"{batching} {precision}"] = start_server(runs, batching, args, log, precision)
+            for label, (process, url) in servers.items():
+                wait_ready(process, url, args.start_seconds)
                 asyncio.run(load(url, list(runs)[:1], texts, argparse.Namespace(**{**vars(args), "requests": 8}), 0))
             results = []
             for count in counts:
                 names = list(runs)[:count]
-                row = {"prompts": count}
-                for mode, (process, url) in servers.items():
-                    row[mode] = asyncio.run(load(url, names, texts, args, seed=count))
-                    row[mode]["server"] = server_memory(process.pid)
-                    print(f"{count} prompts, {mode}: {row[mode]['texts_per_second']:.1f} texts/s", flush=True)
-                row["throughput_ratio"] = (row["mixed"]["texts_per_second"] / row["single"]["texts_per_second"]
-                                           if row["single"]["texts_per_second"] else None)
+                row = {"prompts": count, "servers": {}}
+                for label, (process, url) in servers.items():
+                    m = row["servers"][label] = asyncio.run(load(url, names, texts, args, seed=count))
+                    m["server"] = server_memory(process.pid)
+                    print(f"{count} prompts, {label}: {m['texts_per_second']:.1f} texts/s, "
+                          f"p99 {m['p99_ms'] or 0:.0f} ms", flush=True)
                 results.append(row)
         finally:
             for process, _ in servers.values():
@@ -280,18 +291,30 @@ def long_main(runs, counts, texts, args, log_path, root, started) -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    head = (f"{'prompts':>7} | {'batching':>8} | {'texts/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | "
-            f"{'mean batch':>10} | {'passes':>6} | {'requests':>8} | {'failed':>6} | {'RSS MB':>6} | "
-            f"{'peak MB':>7} | mixed/single")
+    """One line per prompt count and server; texts/s against the same batching's first precision (the
+    baseline) and against the same precision's single batching."""
+    head = (f"{'prompts':>7} | {'server':>20} | {'texts/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | "
+            f"{'mean batch':>10} | {'passes':>6} | {'requests':>8} | {'failed':>6} | {'rechecked':>9} | "
+            f"{'RSS MB':>6} | {'peak MB':>7} | {'vs baseline':>11} | mixed/single")
     print(head)
     print("-" * len(head))
     for row in results:
-        for mode in ("mixed", "single"):
-            m = row[mode]
-            ratio = f"{row['throughput_ratio']:.2f}x" if mode == "mixed" and row["throughput_ratio"] else ""
-            print(f"{row['prompts']:>7} | {mode:>8} | {m['texts_per_second']:>8.1f} | {m['p50_ms'] or 0:>8.0f} | "
-                  f"{m['p99_ms'] or 0:>8.0f} | {m['mean_batch']:>10.1f} | {m['forward_passes']:>6} | {m['requests']:>8} | "
-                  f"{m['errors']:>6} | {m['server']['rss_mb']:>6.0f} | {m['server']['peak_rss_mb']:>7.0f} | {ratio}")
+        servers = row["servers"]
+        first = {}
+        for label in servers:
+            first.setdefault(label.split()[0], label)
+        for label, m in servers.items():
+            batching, precision = label.split()
+            base = servers[first[batching]]["texts_per_second"]
+            single = servers.get(f"single {precision}", {}).get("texts_per_second")
+            rows = m.get("rows", {})
+            share = f"{rows['rechecked'] / rows['int8']:.1%}" if rows.get("int8") else "-"
+            vs = f"{m['texts_per_second'] / base:.2f}x" if base else ""
+            ms = f"{m['texts_per_second'] / single:.2f}x" if batching == "mixed" and single else ""
+            print(f"{row['prompts']:>7} | {label:>20} | {m['texts_per_second']:>8.1f} | {m['p50_ms'] or 0:>8.0f} | "
+                  f"{m['p99_ms'] or 0:>8.0f} | {m['mean_batch']:>10.1f} | {m['forward_passes']:>6} | "
+                  f"{m['requests']:>8} | {m['errors']:>6} | {share:>9} | {m['server']['rss_mb']:>6.0f} | "
+                  f"{m['server']['peak_rss_mb']:>7.0f} | {vs:>11} | {ms}")
 
 
 if __name__ == "__main__":

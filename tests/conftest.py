@@ -139,6 +139,12 @@ def _token_cache_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _calibration_cache_in_tmp(tmp_path_factory):
+    """int8-checked thresholds of the tests' runs go to a temporary folder, not the user's cache."""
+    yield from _env_folder_in_tmp("XLPROMPT_CALIBRATION_CACHE", tmp_path_factory, "calibration-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _engine_cache_in_tmp(tmp_path_factory):
     """ONNX exports of the tiny models go to a temporary folder, not the user's cache."""
     yield from _env_folder_in_tmp("XLPROMPT_ENGINE_CACHE", tmp_path_factory, "engine-cache")

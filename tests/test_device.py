@@ -284,7 +284,7 @@ def test_serving_a_bf16_backbone_on_cpu_agrees_with_fp32(tiny_model_dir, toy_tas
     folders = {name: tmp_path / name for name in runs}
     texts = toy_task.load("test", "deu_Latn")["text"].tolist()
     names = [("p", "d")[i % 2] for i in range(len(texts))]
-    fp32 = PromptBank.from_runs(folders, device="cpu", dtype="fp32").classify(names, texts)
+    fp32 = PromptBank.from_runs(folders, device="cpu", dtype="fp32", precision="fp32").classify(names, texts)
     bank = PromptBank.from_runs(folders, device="cpu", dtype="bf16")
     assert bank.backbone.dtype == torch.bfloat16
     bf16 = bank.classify(names, texts)

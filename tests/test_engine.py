@@ -60,7 +60,8 @@ def test_onnx_mixed_prompt_batches_match_torch(family, tiny_model_dir, runs):
     random.Random(1).shuffle(rows)
     out = {}
     for engine in ("torch", "onnx"):
-        bank = PromptBank(Backbone.load(str(tiny_model_dir(family))), max_padding=1.0, engine=engine)
+        bank = PromptBank(Backbone.load(str(tiny_model_dir(family))), max_padding=1.0, engine=engine,
+                         precision="fp32")
         assert bank.engine == engine
         for name, path in runs(family).items():
             bank.add(name, path)

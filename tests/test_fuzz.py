@@ -306,7 +306,7 @@ def api(saved_run, tmp_path_factory):
     from xlprompt.serving.app import ServeSettings
 
     source, backbone = saved_run
-    bank = PromptBank(backbone)
+    bank = PromptBank(backbone, precision="fp32")
     bank.add("p", source)
     settings = ServeSettings(max_texts=8, max_chars=300, max_queue=64, token=TOKEN,
                              prompts_dir=source.parent.resolve())

@@ -68,3 +68,52 @@ def test_small_inputs_and_other_engines_fall_back_to_fp32(trained):
     results = evaluate(trained, "all", progress=False, precision="int8-checked", threads=1, token_cache=False)
     assert results["speed"]["precision"]["used"] == "fp32"
     assert "for at least 2,000 rows" in results["speed"]["precision"]["why"]
+
+
+def test_calibration_is_kept_on_disk_and_keyed_by_the_prompt(trained, monkeypatch, tmp_path):
+    import xlprompt.evaluation as ev
+    from xlprompt.tasks import get_task
+
+    monkeypatch.setenv("XLPROMPT_CALIBRATION_CACHE", str(tmp_path))
+    task = get_task("toy")
+    ev._CALIBRATIONS.clear()
+    first = ev.int8_calibration(trained, task)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    ev._CALIBRATIONS.clear()  # a new process: the disk answers, no forward pass runs
+    monkeypatch.setattr(ev, "predict_outputs", lambda *a, **k: pytest.fail("calibrated again"))
+    assert ev.int8_calibration(trained, task) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("XLPROMPT_CALIBRATION_CACHE", str(tmp_path))
+    # another prompt is another key; a damaged file is calibrated again and rewritten
+    prompt = trained.model.method.embedding
+    saved = prompt.detach().clone()
+    with torch.no_grad():
+        prompt.add_(0.01)
+    try:
+        ev._CALIBRATIONS.clear()
+        ev.int8_calibration(trained, task)
+        assert len(list(tmp_path.glob("*.json"))) == 2
+    finally:
+        with torch.no_grad():
+            prompt.copy_(saved)
+    for path in tmp_path.glob("*.json"):
+        path.write_text("{half")
+    ev._CALIBRATIONS.clear()
+    assert ev.int8_calibration(trained, task) == first
+
+
+def test_run_predict_uses_int8_checked_from_min_rows(trained, monkeypatch):
+    import xlprompt.evaluation as ev
+    from xlprompt.tasks import get_task
+
+    texts = get_task("toy").load("test", "deu_Latn")["text"].tolist()
+    fp32 = trained.predict(texts, precision="fp32")
+    calls = []
+    real = ev.int8_checked_outputs
+    monkeypatch.setattr(ev, "int8_checked_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert trained.predict(texts) == fp32 and not calls  # 40 texts: below MIN_ROWS, fp32
+    monkeypatch.setattr(ev, "MIN_ROWS", 1)
+    checked_labels = trained.predict(texts)
+    assert calls and len(checked_labels) == len(texts)
+    # each label is int8's where its margin is wide, fp32's where it was rechecked: here they agree
+    assert sum(a == b for a, b in zip(checked_labels, fp32)) >= len(texts) - 1

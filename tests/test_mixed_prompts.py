@@ -33,7 +33,7 @@ def alone(run_dir, backbone, texts):
 
 def bank_for(family, tiny_model_dir, runs, max_padding=1.0):
     """max_padding=1: every batch is one forward pass, whatever its rows' lengths."""
-    bank = PromptBank(Backbone.load(str(tiny_model_dir(family))), max_padding=max_padding)
+    bank = PromptBank(Backbone.load(str(tiny_model_dir(family))), max_padding=max_padding, precision="fp32")
     for name, path in runs(family).items():
         bank.add(name, path)
     return bank
@@ -128,7 +128,7 @@ def test_info_and_remove(tiny_model_dir, runs):
 
 def test_rejected_runs(tiny_model_dir, runs, tmp_path):
     model = tiny_model_dir("xlm-roberta")
-    bank = PromptBank(Backbone.load(str(model)))
+    bank = PromptBank(Backbone.load(str(model)), precision="fp32")
     bank.add("p1", runs("xlm-roberta")["p1"])
     with pytest.raises(XlpromptError, match="already loaded"):
         bank.add("p1", runs("xlm-roberta")["p5"])
@@ -160,7 +160,7 @@ def test_rejected_runs(tiny_model_dir, runs, tmp_path):
 
 def test_bank_from_runs_uses_first_runs_model(tiny_model_dir, runs):
     folders = runs("gpt2")
-    bank = PromptBank.from_runs({"a": folders["p1"], "b": folders["d2"]})
+    bank = PromptBank.from_runs({"a": folders["p1"], "b": folders["d2"]}, precision="fp32")
     assert bank.backbone.kind == "decoder" and bank.names() == ["a", "b"]
     with pytest.raises(XlpromptError, match="at least one run folder"):
         PromptBank.from_runs({})

@@ -66,7 +66,7 @@ def expected(folders, tiny_model_dir):
 
 
 def new_bank(tiny_model_dir, folders, names=SERVED):
-    bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))))
+    bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))), precision="fp32")
     for name in names:
         bank.add(name, folders[name])
     return bank
@@ -334,6 +334,8 @@ def test_cli_serve_errors(tmp_path):
     assert result.exit_code == 2 and "--max-padding" in result.output
     result = runner.invoke(app, ["serve", "--name", "a=x", "--max-texts", "9", "--max-queue", "4"])
     assert result.exit_code == 2 and "--max-texts 9 exceeds --max-queue 4" in result.output
+    result = runner.invoke(app, ["serve", "--name", "a=x", "--precision", "int4"])
+    assert result.exit_code == 2 and "Unknown serving precision 'int4'" in result.output
     (tmp_path / "a").mkdir()
     (tmp_path / "b" / "a").mkdir(parents=True)
     result = runner.invoke(app, ["serve", str(tmp_path / "a"), str(tmp_path / "b" / "a")])

@@ -315,13 +315,16 @@ def serve(
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
                                "pip install 'xlprompt[onnx]')."),
+    precision: str = typer.Option("auto", help="auto | fp32 | int8-checked: int8 with close calls rerun in fp32, "
+                                  "each prompt calibrated on its training language's dev set when added (auto "
+                                  "on CPU)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
     from .engine import check_engine
-    from .serving.multi import PromptBank, check_max_padding, name_runs
+    from .serving.multi import PromptBank, check_max_padding, check_serving_precision, name_runs
 
     from .serving.access import check_bind, check_prompts_dir
     from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
@@ -333,6 +336,7 @@ def serve(
     check_max_padding(max_padding)
     execution = _execution(device, dtype)
     check_engine(engine)
+    check_serving_precision(precision)
     runs = name_runs(run_dirs or [], name or [])
     if threads is not None:
         import torch
@@ -340,10 +344,12 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine, **execution)
+    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine, precision=precision,
+                                **execution)
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
                   f"({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
+                  f"{bank.precision} · "
                   f"http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler found before it: a no-op, so a

@@ -106,16 +106,32 @@ def predict_encoded(model, encoded: Encoded, batch_size: int | None = 64, **kwar
 
 
 def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64,
-            engine: str = "auto") -> np.ndarray:
-    """Predicted label indices for raw texts; `engine` as in `evaluate` (fp32)."""
+            engine: str = "auto", precision: str = "fp32", run=None) -> np.ndarray:
+    """Predicted label indices for raw texts; `engine` and `precision` as in `evaluate`. int8-checked
+    needs the `run` (its training language's dev set calibrates the threshold) and, as in `evaluate`,
+    sentence classification on the torch engine and at least MIN_ROWS texts; otherwise fp32."""
     from .engine import onnx_backbone, resolve_engine
+    from .inference import resolve_precision
 
     enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
-    used, _ = resolve_engine(engine, model.backbone, _device(model), "fp32", trained_backbone=not frozen)
+    device = _device(model)
+    used, _ = resolve_engine(engine, model.backbone, device, "fp32", trained_backbone=not frozen)
     if used == "onnx":
         with onnx_backbone(model, "fp32"):
             return predict_encoded(model, enc, batch_size).argmax(-1)
+    wanted, _ = resolve_precision(precision, device, trained_backbone=not frozen)
+    if wanted == "int8-checked" and run is not None and len(enc) >= MIN_ROWS:
+        task = get_task_for(run.config)
+        if task.head == "classification":
+            try:
+                outputs, _ = int8_checked_outputs(run, task, enc, batch_size, DEFAULT_MAX_TOKENS, None,
+                                                  run.config.data_dir, progress=False, tuner=None, stats={},
+                                                  description="predicting")
+                return np.stack(outputs)[:, :model.num_labels].argmax(-1)
+            except (XlpromptError, OSError) as exc:  # no dev set here to calibrate on: fp32, said once
+                from .engine import notice
+                notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
     return predict_encoded(model, enc, batch_size).argmax(-1)
 
 
@@ -239,7 +255,7 @@ def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cac
     from .inference import precision_context
 
     model, device = run.model, _device(run.model)
-    calibration = _calibration(run, task, batch_size, max_tokens, cache, data_dir)
+    calibration = int8_calibration(run, task, batch_size, max_tokens, cache, data_dir)
     with precision_context("int8", model, device):
         outputs = predict_outputs(model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
                                   stats=stats, description=f"{description} (int8)")
@@ -258,7 +274,9 @@ def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cac
 _CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
+def int8_calibration(run, task, batch_size=64, max_tokens=DEFAULT_MAX_TOKENS, cache=None, data_dir=None) -> dict:
+    """int8-checked's recheck threshold for this run (engine/checked.py), from its training language's dev
+    set run in fp32 and in int8; kept per model until its trainable weights change, and on disk."""
     from .engine import checked
     from .inference import precision_context
 
@@ -271,10 +289,14 @@ def _calibration(run, task, batch_size, max_tokens, cache, data_dir) -> dict:
     frame = task.load(task.dev_split, config.train_language or task.train_language, data_dir)
     dev = (cache.encode(task, model.backbone.tokenizer, frame, config.max_length) if cache
            else task.encode(model.backbone.tokenizer, frame, config.max_length))
-    fp32 = predict_outputs(model, dev, batch_size, max_tokens)
-    with precision_context("int8", model, _device(model)):
-        int8 = predict_outputs(model, dev, batch_size, max_tokens)
-    calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
+    key = checked.calibration_key(model, dev.token_ids)
+    calibration = checked.read_cached(key)
+    if calibration is None:
+        fp32 = predict_outputs(model, dev, batch_size, max_tokens)
+        with precision_context("int8", model, _device(model)):
+            int8 = predict_outputs(model, dev, batch_size, max_tokens)
+        calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
+        checked.write_cached(key, calibration)
     _CALIBRATIONS[model] = (fingerprint, calibration)
     return calibration
 

@@ -12,12 +12,26 @@ far int8 moves the margin there (`RECHECK_QUANTILE`). A row whose margin is wide
 prediction. On 19 SIB-200 test languages this rechecked 10 % of the rows and left 16 of 133 int8 flips, with
 no language more than 1 sentence worse than fp32. Sentence classification only: tagging and span outputs
 run in fp32.
+
+A calibration is kept on disk (`calibrations/` in xlprompt's cache folder, or `$XLPROMPT_CALIBRATION_CACHE`;
+one JSON per key, written atomically), keyed by everything it depends on: the run's trainable weights, a
+fingerprint of the frozen backbone's, the dev rows' token ids, the quantile, this module's int8 recipe
+version and torch's version. A server restarted with the same prompts, or a run evaluated again, skips
+the two calibration passes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import weakref
+from pathlib import Path
+
 import numpy as np
+import torch
 
 RECHECK_QUANTILE = 0.9
+RECIPE = 1  # bump when int8_token.py's arithmetic changes: cached thresholds then no longer apply
 MIN_ROWS = 2000  # below this many rows, calibrating costs more than int8 saves: plain fp32 instead
 
 
@@ -56,3 +70,63 @@ def replace_rows(outputs: list, rows, replacement: list) -> list:
     for r, value in zip(rows, replacement):
         out[r] = value
     return out
+
+
+def calibration_key(model, token_ids: list[list[int]], quantile: float = RECHECK_QUANTILE) -> str:
+    """sha256 of what a calibration depends on: the trainable tensors (prompt, head) and the dev rows by
+    their bytes, the frozen backbone by `backbone_fingerprint`."""
+    digest = hashlib.sha256(json.dumps({"recipe": RECIPE, "torch": torch.__version__, "quantile": quantile,
+                                        "model": getattr(model.backbone, "name", None),
+                                        "backbone": backbone_fingerprint(model.backbone)}).encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                digest.update(name.encode())
+                digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(token_ids).encode())
+    return digest.hexdigest()
+
+
+_BACKBONE_PRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def backbone_fingerprint(backbone) -> str:
+    """Each frozen tensor's name, shape and float64 sum (a fraction of a second where hashing the bytes would
+    take seconds), once per backbone object: a server's prompts share one."""
+    known = _BACKBONE_PRINTS.get(backbone)
+    if known is None:
+        digest = hashlib.sha256()
+        with torch.no_grad():
+            for name, p in backbone.named_parameters():
+                # summed in float64 without a float64 copy (the offline default's embeddings would be 768 MB)
+                digest.update(repr((name, tuple(p.shape), float(p.detach().sum(dtype=torch.float64)))).encode())
+        known = _BACKBONE_PRINTS[backbone] = digest.hexdigest()
+    return known
+
+
+def calibration_dir() -> Path:
+    from ..paths import cache_dir
+
+    env = os.environ.get("XLPROMPT_CALIBRATION_CACHE")
+    return Path(env).expanduser() if env else cache_dir() / "calibrations"
+
+
+def read_cached(key: str) -> dict | None:
+    from .. import io
+
+    path = calibration_dir() / f"{key}.json"
+    try:
+        found = io.read_json(path)
+    except (OSError, ValueError):  # absent, unreadable or not JSON: calibrate again
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("threshold"), float) else None
+
+
+def write_cached(key: str, calibration: dict) -> None:
+    from .. import io
+    from ..errors import WriteFailed
+
+    try:
+        io.write_json(calibration_dir() / f"{key}.json", calibration)
+    except WriteFailed:  # a read-only cache costs the next run a few seconds, nothing else
+        pass

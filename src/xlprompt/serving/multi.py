@@ -9,6 +9,7 @@ values it sees (deep prompts; shorter prefixes are padded and masked out), and w
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
 from ..prompts import DeepPrompt, InputPrompt
 
+log = logging.getLogger("xlprompt.serve")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -47,6 +49,8 @@ class ServedRun:
     # a fast tokenizer keeps truncation settings as state between calls, so runs with different
     # max_length tokenizing at once in different threads would truncate by each other's length
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # int8-checked: rows whose int8 margin is below this run again in fp32; None = this run's rows run fp32
+    recheck_threshold: float | None = None
 
     @property
     def model(self):
@@ -136,7 +140,7 @@ class PromptBank:
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
     """
 
-    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto"):
+    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto", precision: str = "auto"):
         from ..engine import onnx_engine, resolve_engine
 
         check_max_padding(max_padding)
@@ -145,6 +149,9 @@ class PromptBank:
         # the bank owns its backbone: an ONNX engine replaces its forward for the bank's lifetime (fp32)
         device = next(backbone.parameters()).device
         self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
+        self.precision, self.precision_why = serving_precision(precision, backbone, device, self.engine)
+        self._int8 = None  # the backbone's int8 layers (engine/int8_token.py), made on the first int8 pass
+        self.rows = {"int8": 0, "rechecked": 0, "fp32": 0}
         if self.engine == "onnx":  # export (or find in the cache) before the first request, not during it
             onnx = onnx_engine(self.backbone, "fp32")
             onnx.prepare(deep=False)  # deep prompts' graph: on the first deep-prompt batch
@@ -161,13 +168,14 @@ class PromptBank:
         self._explicit_positions = backbone.kind == "decoder" and "position_ids" in params
 
     @classmethod
-    def from_runs(cls, runs: dict[str, str | Path], model: str | None = None,
-                  max_padding: float = 0.1, device=None, dtype=None, engine: str = "auto") -> "PromptBank":
+    def from_runs(cls, runs: dict[str, str | Path], model: str | None = None, max_padding: float = 0.1,
+                  device=None, dtype=None, engine: str = "auto", precision: str = "auto") -> "PromptBank":
         """Load the model once (`model`, else the first run's) on `device` in `dtype` (device.py; default
         auto) and every run onto it."""
         from ..device import configure, resolve_device, resolve_dtype
 
         check_max_padding(max_padding)  # before the model loads
+        serving = check_serving_precision(precision)
         where = resolve_device(device)
         precision = resolve_dtype(dtype, where)
         if not runs and model is None:
@@ -176,7 +184,7 @@ class PromptBank:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
         configure(where)
-        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding, engine)
+        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding, engine, serving)
         for name, path in runs.items():
             bank.add(name, path)
         return bank
@@ -219,11 +227,29 @@ class PromptBank:
         task = get_task_for(run.config)  # once here, not per request
         entry = ServedRun(name, run_dir.resolve(), run, tuple(task.label_names), task.pairs, run.model.collator(),
                           self._tokenizer_lock)
+        if self.precision == "int8-checked":
+            entry.recheck_threshold = self._calibrate(entry, task)
         with self._lock:
             if name in self._runs:  # another thread added the same name while this one loaded
                 raise DuplicateName(f"A prompt named {name!r} is already loaded.")
             self._runs[name] = entry
         return entry
+
+    def _calibrate(self, entry: ServedRun, task) -> float | None:
+        """The run's int8-checked threshold from its training language's dev set (a few seconds); None, with
+        a log line, where that set cannot be read: the run's rows then run in fp32."""
+        from ..evaluation import int8_calibration
+
+        try:
+            with self._forward_lock:  # it runs the shared backbone, and swaps its layers while in int8
+                calibration = int8_calibration(entry.run, task, data_dir=entry.run.config.data_dir)
+        except (XlpromptError, OSError, ValueError) as exc:
+            log.warning("prompt %s runs in fp32: its int8 recheck threshold needs the training language's dev "
+                        "set, which could not be read (%s)", entry.name, exc)
+            return None
+        log.info("prompt %s: int8, rows with a margin under %.3f rechecked in fp32", entry.name,
+                 calibration["threshold"])
+        return calibration["threshold"]
 
     def remove(self, name: str) -> ServedRun:
         """Forget a run; rows of it already in a batch still finish (they hold the run itself)."""
@@ -278,10 +304,41 @@ class PromptBank:
         out: list = [None] * len(entries)
         with self._forward_lock:
             for rows in pack_rows(lengths, self.max_padding):
-                logits = self._forward([entries[r] for r in rows], [token_ids[r] for r in rows])
+                logits = self._checked_forward([entries[r] for r in rows], [token_ids[r] for r in rows])
                 for r, row in zip(rows, logits):
                     out[r] = row
                 self.forward_passes += 1
+        return out
+
+    def _checked_forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
+        """fp32; or, under int8-checked, the rows of calibrated runs in int8 first, then in fp32 those whose
+        int8 margin (top-1 minus top-2 logit) is below their run's threshold, with the other runs' rows."""
+        if self.precision != "int8-checked":
+            self.rows["fp32"] += len(entries)
+            return self._forward(entries, token_ids)
+        from ..engine.int8_token import linear_swaps, swapped
+
+        out: list = [None] * len(entries)
+        fast = [i for i, e in enumerate(entries) if e.recheck_threshold is not None]
+        again = [i for i, e in enumerate(entries) if e.recheck_threshold is None]
+        self.rows["fp32"] += len(again)
+        if fast:
+            if self._int8 is None:
+                self._int8 = linear_swaps(self.backbone.body)
+            with swapped(self._int8):
+                logits = self._forward([entries[i] for i in fast], [token_ids[i] for i in fast])
+            for i, row in zip(fast, logits):
+                top = np.sort(row)[-2:]
+                if top[1] - top[0] < entries[i].recheck_threshold:
+                    again.append(i)
+                    self.rows["rechecked"] += 1
+                else:
+                    out[i] = row
+            self.rows["int8"] += len(fast)
+        if again:
+            again.sort()
+            for i, row in zip(again, self._forward([entries[i] for i in again], [token_ids[i] for i in again])):
+                out[i] = row
         return out
 
     def _forward(self, entries: list[ServedRun], token_ids: list[list[int]]) -> list[np.ndarray]:
@@ -340,6 +397,35 @@ class PromptBank:
             prefix = entry.model.method.prefix_tensor().to(dtype)  # (layers, 2, kv_heads, L, head_dim)
             keys[:, :, rows, :, :prefix.shape[3]] = prefix.unsqueeze(2)
         return [(keys[i, 0], keys[i, 1]) for i in range(layers)]
+
+
+SERVING_PRECISIONS = ("auto", "fp32", "int8-checked")
+
+
+def check_serving_precision(precision: str) -> str:
+    if precision not in SERVING_PRECISIONS:
+        raise XlpromptError(f"Unknown serving precision {precision!r}: use one of {', '.join(SERVING_PRECISIONS)}.")
+    return precision
+
+
+def serving_precision(precision: str, backbone: Backbone, device: torch.device, engine: str) -> tuple[str, str]:
+    """(precision used, why). auto is int8-checked where evaluation's auto is (a CPU, the PyTorch engine, an
+    fp32 backbone), else fp32; an explicit int8-checked that cannot run here is an error."""
+    from ..engine.int8_token import int8_matmul_available
+
+    check_serving_precision(precision)
+    blocker = ("it runs on CPU only" if device.type != "cpu" else
+               "the ONNX engine serves fp32" if engine != "torch" else
+               "the backbone is not fp32" if next(backbone.parameters()).dtype != torch.float32 else
+               f"torch {torch.__version__} has no CPU int8 matmul" if not int8_matmul_available() else None)
+    if precision == "fp32":
+        return "fp32", "requested"
+    if blocker is None:
+        return "int8-checked", "requested" if precision == "int8-checked" else \
+            "auto: int8, close calls rechecked in fp32 (each prompt calibrated on its training language's dev set)"
+    if precision == "int8-checked":
+        raise XlpromptError(f"--precision int8-checked cannot serve here: {blocker}. Use --precision fp32.")
+    return "fp32", f"auto: fp32 ({blocker})"
 
 
 def pack_rows(lengths: list[int], max_padding: float) -> list[list[int]]:

@@ -1,0 +1,120 @@
+"""`xlprompt serve --precision int8-checked`: each prompt calibrated when added, rows in int8, close calls
+(and the rows of prompts that could not be calibrated) in fp32."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from serving_runs import TEXTS, register_toy3, train_run, train_runs
+from xlprompt.engine.int8_token import int8_matmul_available
+from xlprompt.errors import XlpromptError
+from xlprompt.models.backbone import Backbone
+from xlprompt.prompts.config import InputPromptConfig
+from xlprompt.serving import PromptBank
+from xlprompt.serving.multi import serving_precision
+
+pytestmark = pytest.mark.skipif(not int8_matmul_available(), reason="torch has no CPU int8 matmul")
+NAMES = ["p1", "p3", "d2", "h0"]
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_model_dir, toy_task, tmp_path_factory):
+    register_toy3()
+    return train_runs(tiny_model_dir("xlm-roberta"), tmp_path_factory.mktemp("int8-serve"), NAMES)
+
+
+def bank_of(tiny_model_dir, folders, precision):
+    bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))), precision=precision)
+    for name in NAMES:
+        bank.add(name, folders[name])
+    return bank
+
+
+def mixed_rows(n=40):
+    return [NAMES[i % len(NAMES)] for i in range(n)], [TEXTS[(i * 5) % len(TEXTS)] for i in range(n)]
+
+
+def logits(predictions):
+    return [np.array(p.logits) for p in predictions]
+
+
+def test_auto_is_int8_checked_on_cpu_and_each_prompt_is_calibrated(tiny_model_dir, folders):
+    bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))))
+    assert bank.precision == "int8-checked" and "auto" in bank.precision_why
+    for name in NAMES:
+        entry = bank.add(name, folders[name])
+        assert entry.recheck_threshold is not None and entry.recheck_threshold >= 0
+    # the backbone is fp32 again after calibrating (its int8 layers are swapped in only for a pass)
+    assert all(type(m).__name__ != "TokenInt8Linear" for m in bank.backbone.modules())
+
+
+def test_rows_follow_their_threshold(tiny_model_dir, folders):
+    names, texts = mixed_rows()
+    fp32 = logits(bank_of(tiny_model_dir, folders, "fp32").classify(names, texts))
+    bank = bank_of(tiny_model_dir, folders, "int8-checked")
+    for entry in bank.runs():  # every row is a close call: all of them again in fp32, the same as fp32
+        entry.recheck_threshold = float("inf")
+    for a, b in zip(logits(bank.classify(names, texts)), fp32):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert bank.rows == {"int8": len(names), "rechecked": len(names), "fp32": 0}
+
+    for entry in bank.runs():  # no close calls: every row keeps its int8 result, near fp32 but not equal
+        entry.recheck_threshold = 0.0
+    int8 = logits(bank.classify(names, texts))
+    assert max(np.abs(a - b).max() for a, b in zip(int8, fp32)) > 0
+    for a, b in zip(int8, fp32):
+        np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * max(1.0, np.abs(b).max()))
+
+    # a threshold between the rows' int8 margins: exactly the rows below it come from fp32
+    margins = np.array([np.sort(row)[-1] - np.sort(row)[-2] for row in int8])
+    cut = float(np.median(margins))
+    for entry in bank.runs():
+        entry.recheck_threshold = cut
+    mixed = logits(bank.classify(names, texts))
+    for row, margin, a, b in zip(mixed, margins, int8, fp32):
+        np.testing.assert_array_equal(row, b if margin < cut else a)
+
+
+def test_a_prompt_without_dev_data_is_served_in_fp32(tiny_model_dir, folders, tmp_path, caplog):
+    """Trained where its data was; served where it is not (another machine, a moved folder)."""
+    from conftest import toy_frame
+    from xlprompt.tasks import Task, register_task
+
+    here = {"data": True}
+
+    def load(split, language, data_dir=None):
+        if not here["data"]:
+            raise FileNotFoundError(f"no {split} split on this machine")
+        return toy_frame(32, 5 + len(split), language)
+
+    register_task(Task(name="toy_moved", label_names=("beta", "alpha"), load=load,
+                       languages=lambda data_dir=None: ["eng_Latn"], description="toy task whose data goes away"))
+    folder = train_run(tiny_model_dir("xlm-roberta"), tmp_path / "nodev", "toy_moved", InputPromptConfig(length=2))
+    here["data"] = False
+    bank = bank_of(tiny_model_dir, folders, "int8-checked")
+    with caplog.at_level(logging.WARNING, logger="xlprompt.serve"):
+        entry = bank.add("nodev", folder)
+    assert entry.recheck_threshold is None and "runs in fp32" in caplog.text
+    fp32_bank = bank_of(tiny_model_dir, folders, "fp32")
+    fp32_bank.add("nodev", folder)
+    names = ["nodev", "p1"] * 4
+    texts = TEXTS[:8]
+    before = dict(bank.rows)
+    got, want = logits(bank.classify(names, texts)), logits(fp32_bank.classify(names, texts))
+    for name, a, b in zip(names, got, want):
+        if name == "nodev":
+            np.testing.assert_array_equal(a, b)
+    assert bank.rows["fp32"] - before["fp32"] == 4 and bank.rows["int8"] - before["int8"] == 4
+
+
+def test_precision_choice(tiny_model_dir):
+    backbone = Backbone.load(str(tiny_model_dir("xlm-roberta")))
+    device = backbone.device
+    assert serving_precision("fp32", backbone, device, "torch") == ("fp32", "requested")
+    assert serving_precision("auto", backbone, device, "onnx")[0] == "fp32"
+    with pytest.raises(XlpromptError, match="ONNX engine serves fp32"):
+        serving_precision("int8-checked", backbone, device, "onnx")
+    with pytest.raises(XlpromptError, match="Unknown serving precision 'int8'"):
+        PromptBank(backbone, precision="int8")
