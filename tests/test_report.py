@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xlprompt.analysis import languages as L
+from xlprompt.analysis import tables as T
 from xlprompt.analysis.alignment import PRETRAINED
 from xlprompt.analysis.report import write_report
 from xlprompt.cli import app
@@ -377,3 +378,23 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     keep = os.environ.get("XLPROMPT_KEEP_SCREENSHOT")
     if keep:
         Image.open(shot).save(keep)
+
+
+def test_alignment_with_seeds_is_measured_kept_in_the_run_folders_and_reused(report, monkeypatch):
+    from xlprompt.analysis import alignment_seeds
+
+    out, meta, frame = report
+    store = out.parent / "store"
+    measured = pd.read_csv(out / "tables" / "alignment_by_seed.csv")
+    # the toy model's frozen input prompt and its fine-tuned run; the synthetic models have no run folders
+    assert set(measured["arm"]) == {"prompt", "finetune"} and set(measured["language"]) == {"deu_Latn"}
+    assert measured["retrieval"].between(0, 1).all()
+    for run_id in measured["run_id"]:
+        assert (store / "runs" / run_id / alignment_seeds.FILE).exists()
+    row = [r for r in meta["verdict"] if r["claim"].startswith("Prompt tuning gives better-aligned")]
+    assert len(row) == 1 and row[0]["languages"] == 1 and row[0]["verdict"] == "undecided"
+    assert "retrieval" in row[0]["number"]
+    # a second pass reads the run folders' numbers instead of running the model
+    monkeypatch.setattr("xlprompt.analysis.alignment.run_alignment", lambda *a, **k: pytest.fail("measured again"))
+    again, notes = alignment_seeds.measure(T.load_results(store), store, sentences=12)
+    assert len(again) == len(measured) and all("cached" in n for n in notes if "alignment of" in n and "not" not in n)

@@ -169,3 +169,25 @@ def test_arms_are_compared_on_the_seeds_they_share():
     mf = row_of(S.comparisons(frame, n_boot=500), "mf")
     assert mf["effect"] == pytest.approx(0.05, abs=1e-9)
     assert mf["seeds_a"] == 1 and mf["seeds_b"] == 1
+
+
+def test_alignment_comparison_detects_a_known_gap_with_seeds():
+    from xlprompt.analysis import alignment_seeds
+    from xlprompt.analysis.verdict import _paired_rows
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(3):
+        for i in range(30):
+            base = rng.uniform(0.3, 0.8)
+            for arm, gap in (("prompt", 0.08), ("finetune", 0.0)):
+                rows.append({"run_id": f"{arm}{seed}", "model": "m", "shots": 32, "arm": arm, "seed": seed,
+                             "language": f"l{i:02d}", "retrieval": base + gap + rng.normal(0, 0.01), "cosine": 0.5})
+    measured = pd.DataFrame(rows)
+    table = alignment_seeds.comparisons(measured, n_boot=2000)
+    assert len(table) == 1 and table["effect"].item() == pytest.approx(0.08, abs=0.01)
+    assert table["ci_low"].item() > 0 and table["languages"].item() == 30
+    assert _paired_rows(table, "alignment", "claim", +1)[0]["verdict"] == "holds"
+    # fewer than 3 seeds: undecided however large the gap
+    two = alignment_seeds.comparisons(measured[measured["seed"] < 2], n_boot=500)
+    assert _paired_rows(two, "alignment", "claim", +1)[0]["verdict"] == "undecided"

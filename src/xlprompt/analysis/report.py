@@ -16,6 +16,7 @@ import pandas as pd
 from .. import io
 from ..data.languages import unknown_language_message
 from ..errors import XlpromptError
+from . import alignment_seeds
 from . import languages as L
 from . import tables as T
 from .html import render_page
@@ -253,10 +254,16 @@ def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool 
                T.methods_study(frame)]
     lang_studies, extra = language_studies(frame, langs, train)
     studies += lang_studies
-    decided = verdict_table(frame, langs)
+    # alignment with seeds: computed with alignment on, else only what the run folders already hold
+    measured, notes = alignment_seeds.measure(frame, store_dir, compute=alignment, languages=languages,
+                                              sentences=sentences)
+    aligned = alignment_seeds.comparisons(measured)
+    decided = verdict_table(frame, langs, alignment=aligned)
     extra.update({name: decided[name] for name in ("verdict", "statistics", "length_slopes", "distance_slopes",
                                                    "reparam", "stopped_early")})
-    notes = []
+    if not aligned.empty:
+        extra["alignment_by_seed"] = measured
+        extra["alignment_statistics"] = aligned
     if not L.lang2vec_available():
         notes.append("lang2vec is not installed: distances and families are NaN / unknown.")
     missing = langs.loc[langs[list(L.DISTANCES)].isna().all(axis=1), "language"].tolist()

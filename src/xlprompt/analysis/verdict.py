@@ -89,9 +89,11 @@ def reparam_heterogeneity(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int = S.N_BOOT) -> dict:
+def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int = S.N_BOOT,
+                  alignment: pd.DataFrame | None = None) -> dict:
     """{"verdict": DataFrame (claim, setting, number, languages, seeds, verdict, why), "statistics": every
-    paired comparison, "length_slopes", "distance_slopes", "reparam", "stopped_early"}."""
+    paired comparison, "length_slopes", "distance_slopes", "reparam", "stopped_early"}. `alignment`:
+    `alignment_seeds.comparisons` rows for the alignment claim."""
     table = S.comparisons(frame, n_boot)
     slopes = S.length_slopes(frame, n_boot)
     distances = S.distance_slopes(frame, langs, n_boot) if langs is not None else pd.DataFrame()
@@ -132,9 +134,14 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
                                f"{_fmt(r.effect_sd, signed=False)} pts (sd over languages); p={_p(r.p_value)}",
                      "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
     rows += _paired_rows(table, "prompt_vs_finetune", "Prompt tuning transfers better than fine-tuning (Tu)", +1)
-    rows.append({"claim": "Prompt tuning gives better-aligned cross-lingual representations than fine-tuning (Tu)",
-                 "setting": "", "number": "not measured with seeds (the report's alignment section shows single runs)",
-                 "languages": 0, "seeds": 0, "verdict": UNDECIDED, "why": "not measured"})
+    aligned = "Prompt tuning gives better-aligned cross-lingual representations than fine-tuning (Tu)"
+    if alignment is not None and not alignment.empty:
+        rows += _paired_rows(alignment, "alignment", aligned, +1, unit="pts retrieval of the parallel English "
+                             "sentence (last layer)")
+    else:
+        rows.append({"claim": aligned, "setting": "", "number": "not measured (report with alignment on, from a "
+                     "store whose fine-tuned runs keep their weights)", "languages": 0, "seeds": 0,
+                     "verdict": UNDECIDED, "why": "not measured"})
     rows += _paired_rows(table, "prompt_vs_head", "A soft prompt transfers better than the converged linear probe "
                          "(head only)", +1)
     return {"verdict": pd.DataFrame(rows), "statistics": table, "length_slopes": slopes,

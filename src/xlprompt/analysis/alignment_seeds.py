@@ -1,0 +1,121 @@
+"""Tu et al.'s alignment claim with seeds: does prompt tuning leave sentence representations better aligned
+across languages than fine-tuning does?
+
+For each run of the two arms the verdict compares (frozen input prompt vs fine-tuning, per model and
+samples per class: `stats.method_arms`), the last-layer representations of `sentences` parallel test
+sentences per language (with the run's prompt; the fine-tuned model as trained) give, per language, the
+retrieval accuracy of the parallel English sentence and the mean cosine to it (`alignment.py`). The
+comparison then runs like every other one: per-language seed means on the seeds both arms share, the mean
+difference over languages with a bootstrap interval, and a Wilcoxon p-value.
+
+Each run's numbers are written into its run folder (`alignment.json`, atomically) with the languages and
+sentence count they cover, so a report reuses them, a snapshot of the store carries them (the fine-tuned
+runs' weights stay behind there), and `compute=False` reads only what is already measured.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import io
+from ..errors import WriteFailed
+from . import stats as S
+from . import tables as T
+
+LANGUAGES = 20  # target languages measured per run (alignment.DEFAULT_LANGUAGES first, then sorted codes)
+FILE = "alignment.json"
+
+
+def _languages(available: list[str], k: int) -> list[str]:
+    from .alignment import DEFAULT_LANGUAGES
+
+    preferred = [c for c in DEFAULT_LANGUAGES if c in available]
+    return (preferred + sorted(c for c in available if c not in preferred))[:k]
+
+
+def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.DataFrame | None:
+    """The run's stored numbers for `languages` (None: all it has), or None when they do not cover them."""
+    try:
+        found = io.read_json(run_dir / FILE)
+    except (OSError, ValueError):
+        return None
+    have = found.get("languages", []) if isinstance(found, dict) else []
+    if found.get("sentences") != sentences or not set(languages or have) <= set(have) or not have:
+        return None
+    rows = pd.DataFrame(found["rows"])
+    return rows[rows["language"].isin(languages or have)].reset_index(drop=True)
+
+
+def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> tuple[pd.DataFrame, str]:
+    """Last-layer retrieval and cosine per language for one run folder, from its `alignment.json` when that
+    covers the request, else computed (and written there)."""
+    from .. import load
+    from ..tasks import get_task
+    from .alignment import run_alignment
+
+    run = load(run_dir)
+    task = get_task(run.config.task)
+    pivot = run.config.train_language or task.train_language
+    available = [c for c in task.languages(run.config.data_dir) if c != pivot]
+    codes = [c for c in (languages or _languages(available, LANGUAGES)) if c in available]
+    cached = _cached(run_dir, codes, sentences)
+    if cached is not None:
+        return cached, "cached"
+    started = time.perf_counter()
+    scores, _, _, _ = run_alignment(run, run_dir.name, codes, pivot, sentences, plain=False)
+    condition = "with prompt" if run.model.method is not None else scores["condition"].iloc[0]
+    last = scores[(scores["condition"] == condition) & (scores["layer"] == scores["layer"].max())]
+    rows = last[["language", "retrieval", "cosine"]].reset_index(drop=True)
+    try:
+        io.write_json(run_dir / FILE, {"pivot": pivot, "sentences": sentences, "languages": codes,
+                                       "condition": condition, "layer": int(scores["layer"].max()),
+                                       "rows": rows.to_dict("records")})
+    except WriteFailed:  # a read-only store: measured again next time
+        pass
+    return rows, f"{time.perf_counter() - started:.0f}s"
+
+
+def measure(frame: pd.DataFrame, store_dir: Path, *, compute: bool = True, languages=None,
+            sentences: int = 100) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (run, language) of the prompt-vs-fine-tuning arms: run_id, model, shots, arm, seed,
+    language, retrieval, cosine. Runs whose numbers are neither on disk nor computable are named in the notes."""
+    rows, notes = [], []
+    for (model, shots), arms in S.method_arms(T.transfer_rows(frame)).items():
+        if not {"prompt", "finetune"} <= set(arms):
+            continue
+        for arm in ("prompt", "finetune"):
+            for run_id, part in arms[arm].groupby("run_id"):
+                run_dir = store_dir / "runs" / str(run_id)
+                if not compute:
+                    found = _cached(run_dir, languages, sentences)
+                    if found is None:
+                        continue
+                    measured, how = found, "cached"
+                else:
+                    try:
+                        measured, how = measure_run(run_dir, languages, sentences)
+                    except Exception as exc:  # noqa: BLE001 - e.g. a snapshot without the fine-tuned weights
+                        notes.append(f"alignment of {run_id} not measured ({type(exc).__name__}: {exc})")
+                        continue
+                notes.append(f"alignment of {run_id} ({arm}, {T.shots_label(shots)} per class): {how}")
+                rows.append(measured.assign(run_id=run_id, model=model, shots=shots, arm=arm,
+                                            seed=int(part["seed"].iloc[0])))
+    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()), notes
+
+
+def comparisons(measured: pd.DataFrame, metric: str = "retrieval", n_boot: int = S.N_BOOT) -> pd.DataFrame:
+    """Prompt minus fine-tuning in `metric` per (model, samples per class), as `stats.comparisons` rows
+    (comparison "alignment"), on the seeds both arms share."""
+    out = []
+    if measured.empty:
+        return pd.DataFrame(out)
+    for (model, shots), part in measured.groupby(["model", "shots"], dropna=False, sort=True):
+        arms = {arm: rows.rename(columns={metric: "accuracy"}) for arm, rows in part.groupby("arm")}
+        if set(arms) != {"prompt", "finetune"}:
+            continue
+        keys = {"model": model, "shots": None if pd.isna(shots) else int(shots)}
+        out.append(S._row("alignment", keys, "input prompt (MF)", "fine-tuning", arms["prompt"], arms["finetune"],
+                          n_boot))
+    return pd.DataFrame(out)
