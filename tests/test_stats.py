@@ -191,3 +191,22 @@ def test_alignment_comparison_detects_a_known_gap_with_seeds():
     # fewer than 3 seeds: undecided however large the gap
     two = alignment_seeds.comparisons(measured[measured["seed"] < 2], n_boot=500)
     assert _paired_rows(two, "alignment", "claim", +1)[0]["verdict"] == "undecided"
+
+
+def test_a_side_run_with_fewer_epochs_is_not_averaged_into_its_shots_arm():
+    """The grid trains 8 / 32 / all per class for 30 / 12 / 6 epochs; one extra 2-epoch run on all must not
+    move the 'all' arm of the samples-per-class comparison (or of prompt vs head)."""
+    rows = []
+    for seed in (0, 1, 2):
+        for shots, epochs, acc in ((8, 30, 0.60), (32, 12, 0.70), (None, 6, 0.72)):
+            for i in range(12):
+                rows.append({"run_id": f"{shots}-{seed}", "task": "sib200", "model": "m", "method": "input_prompt",
+                             "prompt_length": 10, "shots": shots, "freeze_model": True, "reparam": "none",
+                             "init": "random", "lr": 5e-3, "epochs": epochs, "train_language": "eng_Latn",
+                             "split": "test", "head_init": "random", "seed": seed, "language": f"l{i:02d}",
+                             "accuracy": acc + 0.001 * i})
+    side = [{**r, "run_id": "side", "epochs": 2, "accuracy": 0.90} for r in rows if r["shots"] is None and r["seed"] == 0]
+    frame = pd.DataFrame(rows + side).astype({"shots": "Int64"})
+    table = S.comparisons(frame, n_boot=200)
+    widest = table[(table["comparison"] == "shots") & (table["a"] == "all per class") & (table["b"] == "8 per class")]
+    assert widest["mean_a"].item() == pytest.approx(0.72 + 0.0055, abs=1e-9)

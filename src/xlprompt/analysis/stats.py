@@ -108,6 +108,8 @@ def _groups(rows: pd.DataFrame, vary: list[str], keep: list[str]):
     if rows.empty:
         return
     rows, _ = T.fix_other_axes(rows, vary, keep, min_values=2)
+    if vary == ["shots", "epochs"]:
+        rows = T.one_epochs_per_shots(rows)
     for key, part in rows.groupby(keep, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         yield dict(zip(keep, key)), {v: p for v, p in part.groupby(vary[0], dropna=False, sort=True)}
@@ -188,6 +190,8 @@ def method_arms(rows: pd.DataFrame) -> dict:
         if sub.empty:
             continue
         sub, _ = T.fix_other_axes(sub, ["shots", "epochs"], ["model"])
+        sub = pd.concat([T.one_epochs_per_shots(part) for _, part in sub.groupby("model", sort=False)]) \
+            if not sub.empty else sub
         for (model, shots), part in sub.groupby(["model", "shots"], dropna=False, sort=True):
             out.setdefault((model, None if pd.isna(shots) else int(shots)), {})[name] = part
     return out
