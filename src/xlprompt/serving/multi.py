@@ -138,6 +138,8 @@ class PromptBank:
     """One frozen backbone and any number of named runs on it; `classify` mixes them per row.
 
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
+    `precision`: auto (int8-checked on CPU with the torch engine and an fp32 backbone, else fp32) | fp32 |
+    int8-checked; under int8-checked each run is calibrated when added (`serving_precision`, `_calibrate`).
     """
 
     def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto", precision: str = "auto"):
