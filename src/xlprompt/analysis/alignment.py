@@ -24,6 +24,12 @@ from .tables import model_label
 DEFAULT_LANGUAGES = ("deu_Latn", "fra_Latn", "zho_Hans", "hin_Deva", "swh_Latn", "arb_Arab", "jpn_Jpan")
 
 
+def pick_languages(available: list[str], k: int) -> list[str]:
+    """Up to `k` of `available`: DEFAULT_LANGUAGES first, then the others in the order given."""
+    preferred = [c for c in DEFAULT_LANGUAGES if c in available]
+    return (preferred + [c for c in available if c not in preferred])[:k]
+
+
 def parallel_frames(task, languages, pivot: str, n: int, split: str | None = None, data_dir=None) -> dict:
     """{language: frame} restricted to the first `n` index_ids present in every language, same order."""
     split = split or task.eval_split

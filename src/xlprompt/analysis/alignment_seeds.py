@@ -28,21 +28,16 @@ LANGUAGES = 20  # target languages measured per run (alignment.DEFAULT_LANGUAGES
 FILE = "alignment.json"
 
 
-def _languages(available: list[str], k: int) -> list[str]:
-    from .alignment import DEFAULT_LANGUAGES
-
-    preferred = [c for c in DEFAULT_LANGUAGES if c in available]
-    return (preferred + sorted(c for c in available if c not in preferred))[:k]
-
-
 def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.DataFrame | None:
     """The run's stored numbers for `languages` (None: all it has), or None when they do not cover them."""
     try:
         found = io.read_json(run_dir / FILE)
     except (OSError, ValueError):
         return None
-    have = found.get("languages", []) if isinstance(found, dict) else []
-    if found.get("sentences") != sentences or not set(languages or have) <= set(have) or not have:
+    if not isinstance(found, dict):
+        return None
+    have = found.get("languages", [])
+    if found.get("sentences") != sentences or not have or not set(languages or have) <= set(have):
         return None
     rows = pd.DataFrame(found["rows"])
     return rows[rows["language"].isin(languages or have)].reset_index(drop=True)
@@ -53,13 +48,13 @@ def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> t
     covers the request, else computed (and written there)."""
     from .. import load
     from ..tasks import get_task
-    from .alignment import run_alignment
+    from .alignment import pick_languages, run_alignment
 
     run = load(run_dir)
     task = get_task(run.config.task)
     pivot = run.config.train_language or task.train_language
     available = [c for c in task.languages(run.config.data_dir) if c != pivot]
-    codes = [c for c in (languages or _languages(available, LANGUAGES)) if c in available]
+    codes = [c for c in (languages or pick_languages(sorted(available), LANGUAGES)) if c in available]
     cached = _cached(run_dir, codes, sentences)
     if cached is not None:
         return cached, "cached"

@@ -160,13 +160,6 @@ def pick_alignment_runs(frame: pd.DataFrame, store_dir: Path, limit: int = 4) ->
              store_dir / "runs" / r.run_id) for r in picked.itertuples()]
 
 
-def _alignment_languages(available: list[str], k: int = 4) -> list[str]:
-    from .alignment import DEFAULT_LANGUAGES
-
-    preferred = [c for c in DEFAULT_LANGUAGES if c in available]
-    return (preferred + [c for c in available if c not in preferred])[:k]
-
-
 def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: int) -> tuple[list, list[str]]:
     """Run the alignment analysis on picked runs; returns ([(name, title, png, csv, caption)], notes)."""
     from .. import load
@@ -187,7 +180,7 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
         task = get_task(run.config.task)
         pivot = run.config.train_language or task.train_language
         available = [c for c in task.languages(run.config.data_dir) if c != pivot]
-        codes = [c for c in (languages or _alignment_languages(available)) if c in available]
+        codes = [c for c in (languages or A.pick_languages(available, 4)) if c in available]
         if not codes:
             notes.append(f"alignment: {name} has no target languages among {languages}")
             continue

@@ -109,7 +109,7 @@ def _groups(rows: pd.DataFrame, vary: list[str], keep: list[str]):
         return
     rows, _ = T.fix_other_axes(rows, vary, keep, min_values=2)
     if vary == ["shots", "epochs"]:
-        rows = T.one_epochs_per_shots(rows)
+        rows = T.one_epochs_per_shots(rows, keep)
     for key, part in rows.groupby(keep, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         yield dict(zip(keep, key)), {v: p for v, p in part.groupby(vary[0], dropna=False, sort=True)}
@@ -190,8 +190,7 @@ def method_arms(rows: pd.DataFrame) -> dict:
         if sub.empty:
             continue
         sub, _ = T.fix_other_axes(sub, ["shots", "epochs"], ["model"])
-        sub = pd.concat([T.one_epochs_per_shots(part) for _, part in sub.groupby("model", sort=False)]) \
-            if not sub.empty else sub
+        sub = T.one_epochs_per_shots(sub, ["model"])
         for (model, shots), part in sub.groupby(["model", "shots"], dropna=False, sort=True):
             out.setdefault((model, None if pd.isna(shots) else int(shots)), {})[name] = part
     return out

@@ -147,14 +147,15 @@ def fix_other_axes(frame: pd.DataFrame, vary: list[str], keep: list[str],
     return (pd.concat(parts) if parts else frame.iloc[:0]), chosen
 
 
-def one_epochs_per_shots(frame: pd.DataFrame) -> pd.DataFrame:
-    """Where epochs vary with samples per class (a grid trains small sets longer), keep for each shots value
-    only its main epochs setting (the most seeds, then the most runs, then the most epochs): a shorter
-    side run at the same shots (a "why" run) would otherwise be averaged into that shots value's arm."""
+def one_epochs_per_shots(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Where epochs vary with samples per class (a grid trains small sets longer), keep for each `by` group
+    and shots value only its main epochs setting (the most seeds, then the most runs, then the most
+    epochs): a shorter side run at the same shots (a "why" run) would otherwise be averaged into that
+    shots value's arm."""
     if frame.empty or "epochs" not in frame.columns or "shots" not in frame.columns:
         return frame
     keep = []
-    for _, part in frame.groupby("shots", dropna=False, sort=False):
+    for _, part in frame.groupby([*by, "shots"], dropna=False, sort=False):
         runs = part.groupby("epochs", dropna=False).agg(seeds=("seed", "nunique"), runs=("run_id", "nunique"))
         runs = runs.reset_index().sort_values(["seeds", "runs", "epochs"], ascending=False)
         main = runs["epochs"].iloc[0]
@@ -205,8 +206,8 @@ def _axis_study(frame, name, title, vary, keep, method_filter, caption, together
                      f"{' / '.join(keep)} among {', '.join(method_filter)} runs; the store has "
                      f"{sorted(map(str, rows[vary].drop_duplicates().tolist()))}")
     rows, chosen = fix_other_axes(rows, [vary, *together], keep, min_values=2)
-    if vary == "shots" and "epochs" in together and not rows.empty:
-        rows = pd.concat([one_epochs_per_shots(part) for _, part in rows.groupby(keep, dropna=False, sort=False)])
+    if vary == "shots" and "epochs" in together:
+        rows = one_epochs_per_shots(rows, keep)
     table = seed_spread(rows, [*keep, vary])
     config = {"compare": vary, "series": keep, "methods": list(method_filter), "held_fixed": chosen,
               "rows": "zero-shot languages (target != training language), test split when present",
