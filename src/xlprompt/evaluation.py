@@ -121,18 +121,23 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
         with onnx_backbone(model, "fp32"):
             return predict_encoded(model, enc, batch_size).argmax(-1)
     wanted, _ = resolve_precision(precision, device, trained_backbone=not frozen)
-    if wanted == "int8-checked" and run is not None and len(enc) >= MIN_ROWS:
-        task = get_task_for(run.config)
-        if task.head == "classification":
-            try:
-                outputs, _ = int8_checked_outputs(run, task, enc, batch_size, DEFAULT_MAX_TOKENS, None,
-                                                  run.config.data_dir, progress=False, tuner=None, stats={},
-                                                  description="predicting")
-                return np.stack(outputs)[:, :model.num_labels].argmax(-1)
-            except (XlpromptError, OSError) as exc:  # no dev set here to calibrate on: fp32, said once
-                from .engine import notice
-                notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
+    task = get_task_for(run.config) if run is not None else None
+    if wanted == "int8-checked" and task is not None and int8_checked_applies(used, task, len(enc)):
+        try:
+            outputs, _ = int8_checked_outputs(run, task, enc, batch_size, DEFAULT_MAX_TOKENS, None,
+                                              run.config.data_dir, progress=False, tuner=None, stats={},
+                                              description="predicting")
+            return np.stack(outputs)[:, :model.num_labels].argmax(-1)
+        except (XlpromptError, OSError) as exc:  # no dev set here to calibrate on: fp32, said once
+            from .engine import notice
+            notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
     return predict_encoded(model, enc, batch_size).argmax(-1)
+
+
+def int8_checked_applies(engine: str, task, rows: int) -> bool:
+    """int8-checked rechecks sentence classification on the torch engine, from MIN_ROWS rows on (below,
+    calibrating costs more than int8 saves)."""
+    return engine == "torch" and task.head == "classification" and rows >= MIN_ROWS
 
 
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
@@ -183,7 +188,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     engine_used, engine_why = resolve_engine(engine, run.model.backbone, device, used,
                                              trained_backbone=not config.freeze_model)
     used = engine_precision(engine_used, precision, used)
-    if used == "int8-checked" and (engine_used != "torch" or task.head != "classification" or len(pooled) < MIN_ROWS):
+    if used == "int8-checked" and not int8_checked_applies(engine_used, task, len(pooled)):
         used, why = "fp32", (f"{why}; fp32 instead: int8-checked rechecks sentence classification on the torch "
                              f"engine, for at least {MIN_ROWS:,} rows")
     check_info = None
@@ -274,9 +279,12 @@ def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cac
 _CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def int8_calibration(run, task, batch_size=64, max_tokens=DEFAULT_MAX_TOKENS, cache=None, data_dir=None) -> dict:
+def int8_calibration(run, task, batch_size=64, max_tokens=DEFAULT_MAX_TOKENS, cache=None, data_dir=None,
+                     int8_layers=None) -> dict:
     """int8-checked's recheck threshold for this run (engine/checked.py), from its training language's dev
-    set run in fp32 and in int8; kept per model until its trainable weights change, and on disk."""
+    set run in fp32 and in int8; kept per model until its trainable weights change, and on disk.
+    `int8_layers`: the backbone's int8 layer swaps (int8_token.linear_swaps) when the caller already holds
+    them (a server's bank), instead of quantizing the weights again."""
     from .engine import checked
     from .inference import precision_context
 
@@ -293,7 +301,13 @@ def int8_calibration(run, task, batch_size=64, max_tokens=DEFAULT_MAX_TOKENS, ca
     calibration = checked.read_cached(key)
     if calibration is None:
         fp32 = predict_outputs(model, dev, batch_size, max_tokens)
-        with precision_context("int8", model, _device(model)):
+        if int8_layers is not None:
+            from .engine.int8_token import swapped
+
+            int8_context = swapped(int8_layers)
+        else:
+            int8_context = precision_context("int8", model, _device(model))
+        with int8_context:
             int8 = predict_outputs(model, dev, batch_size, max_tokens)
         calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
         checked.write_cached(key, calibration)

@@ -20,6 +20,8 @@ import torch
 from .. import io
 from ..collate import Batch, Collator, encode_texts, pad_layouts
 from ..config import TrainConfig
+from ..engine import checked
+from ..engine.int8_token import linear_swaps, swapped
 from ..errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
 from ..prompts import DeepPrompt, InputPrompt
@@ -152,7 +154,8 @@ class PromptBank:
         device = next(backbone.parameters()).device
         self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
         self.precision, self.precision_why = serving_precision(precision, backbone, device, self.engine)
-        self._int8 = None  # the backbone's int8 layers (engine/int8_token.py), made on the first int8 pass
+        # the backbone's int8 layers (engine/int8_token.py), quantized once: every calibration and int8 pass
+        self._int8 = linear_swaps(self.backbone.body) if self.precision == "int8-checked" else None
         self.rows = {"int8": 0, "rechecked": 0, "fp32": 0}
         if self.engine == "onnx":  # export (or find in the cache) before the first request, not during it
             onnx = onnx_engine(self.backbone, "fp32")
@@ -244,7 +247,8 @@ class PromptBank:
 
         try:
             with self._forward_lock:  # it runs the shared backbone, and swaps its layers while in int8
-                calibration = int8_calibration(entry.run, task, data_dir=entry.run.config.data_dir)
+                calibration = int8_calibration(entry.run, task, data_dir=entry.run.config.data_dir,
+                                               int8_layers=self._int8)
         except (XlpromptError, OSError, ValueError) as exc:
             log.warning("prompt %s runs in fp32: its int8 recheck threshold needs the training language's dev "
                         "set, which could not be read (%s)", entry.name, exc)
@@ -318,20 +322,15 @@ class PromptBank:
         if self.precision != "int8-checked":
             self.rows["fp32"] += len(entries)
             return self._forward(entries, token_ids)
-        from ..engine.int8_token import linear_swaps, swapped
-
         out: list = [None] * len(entries)
         fast = [i for i, e in enumerate(entries) if e.recheck_threshold is not None]
         again = [i for i, e in enumerate(entries) if e.recheck_threshold is None]
         self.rows["fp32"] += len(again)
         if fast:
-            if self._int8 is None:
-                self._int8 = linear_swaps(self.backbone.body)
             with swapped(self._int8):
                 logits = self._forward([entries[i] for i in fast], [token_ids[i] for i in fast])
-            for i, row in zip(fast, logits):
-                top = np.sort(row)[-2:]
-                if top[1] - top[0] < entries[i].recheck_threshold:
+            for i, row in zip(fast, logits):  # rows of different runs have different label counts: one by one
+                if checked.margins([row])[0] < entries[i].recheck_threshold:
                     again.append(i)
                     self.rows["rechecked"] += 1
                 else:
