@@ -210,3 +210,23 @@ def test_a_side_run_with_fewer_epochs_is_not_averaged_into_its_shots_arm():
     table = S.comparisons(frame, n_boot=200)
     widest = table[(table["comparison"] == "shots") & (table["a"] == "all per class") & (table["b"] == "8 per class")]
     assert widest["mean_a"].item() == pytest.approx(0.72 + 0.0055, abs=1e-9)
+
+
+def test_slopes_use_only_the_seeds_every_arm_has():
+    """A seed one arm has alone (here: a far-off seed 3 of the frozen L=10 run, seed 4 of L=1) must not move the
+    distance or length slopes, as it does not move the paired comparisons."""
+    dist = {code: i / 40 for i, code in enumerate(languages(40))}
+    langs = pd.DataFrame({"language": list(dist), **{d: list(dist.values()) for d in S.DISTANCES}})
+    frame = store_frame([({"freeze_model": False}, lambda c: -0.3 * dist[c]), ({"prompt_length": 1}, 0.03)])
+    extra = frame[frame["seed"] == 0].copy()
+    extra = extra[(extra["freeze_model"]) & (extra["prompt_length"].isin([1, 10]))]
+    extra["seed"] = np.where(extra["prompt_length"] == 1, 4, 3)
+    extra.loc[extra["prompt_length"] == 1, "accuracy"] += 0.2
+    extra.loc[extra["prompt_length"] == 10, "accuracy"] -= [0.5 * dist[c] for c in
+                                                             extra.loc[extra["prompt_length"] == 10, "language"]]
+    extra["run_id"] = extra["run_id"] + "x"
+    both = pd.concat([frame, extra], ignore_index=True).astype(DTYPES)
+    for f in (lambda fr: S.distance_slopes(fr, langs, n_boot=200), lambda fr: S.length_slopes(fr, n_boot=200)):
+        before, after = f(frame), f(both)
+        assert after["effect"].tolist() == pytest.approx(before["effect"].tolist())
+        assert after["seeds"].tolist() == before["seeds"].tolist()

@@ -132,6 +132,16 @@ def matched_seeds(a_rows: pd.DataFrame, b_rows: pd.DataFrame) -> tuple[pd.DataFr
     return a_rows[a_rows["seed"].isin(common)], b_rows[b_rows["seed"].isin(common)]
 
 
+def matched_arms(arms: dict) -> dict:
+    """Every arm cut to the seeds all of them share (`matched_seeds` for more than two arms), when they
+    share any."""
+    seed_sets = [set(rows["seed"].dropna()) for rows in arms.values()]
+    common = set.intersection(*seed_sets) if seed_sets else set()
+    if not common:
+        return arms
+    return {k: rows[rows["seed"].isin(common)] for k, rows in arms.items()}
+
+
 def _row(comparison: str, keys: dict, a_label: str, b_label: str, a_rows, b_rows, n_boot: int) -> dict:
     a_rows, b_rows = matched_seeds(a_rows, b_rows)
     return {"comparison": comparison, "series": _series(keys), **{f"key_{k}": T._plain(v) for k, v in keys.items()},
@@ -215,6 +225,7 @@ def length_slopes(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     for keys, arms in _groups(prompts, ["prompt_length"], ["model", "method", "freeze_model"]):
         if len(arms) < 2:
             continue
+        arms = matched_arms(arms)
         acc = pd.DataFrame({int(L): arm(r)["per_language"] for L, r in arms.items()}).dropna()
         x = np.log2(np.asarray(acc.columns, dtype=float))
         slopes = np.array([slope(x, row) for row in acc.to_numpy()])
@@ -235,7 +246,7 @@ def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BO
     for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
         if not (True in arms and False in arms):
             continue
-        frozen, unfrozen = arm(arms[True]), arm(arms[False])
+        frozen, unfrozen = (arm(r) for r in matched_seeds(arms[True], arms[False]))
         both = pd.DataFrame({"frozen": frozen["per_language"], "unfrozen": unfrozen["per_language"]}).dropna()
         both = both.merge(langs.set_index("language")[list(DISTANCES)], left_index=True, right_index=True, how="left")
         for dist in DISTANCES:
