@@ -230,3 +230,21 @@ def test_slopes_use_only_the_seeds_every_arm_has():
         before, after = f(frame), f(both)
         assert after["effect"].tolist() == pytest.approx(before["effect"].tolist())
         assert after["seeds"].tolist() == before["seeds"].tolist()
+
+
+def test_one_setting_changed_is_compared_with_the_prompt_and_with_the_probe():
+    """Issue 15's "why": a prompt differing from the method arm's prompt in one setting (here 2 epochs
+    instead of 5) is paired with that prompt and with the head-only probe; a run changing two settings is
+    not, and a variant that beats the probe with 3 seeds makes the verdict row hold."""
+    frame = store_frame([({"epochs": 2}, 0.05), ({"epochs": 2, "lr": 1e-3}, 0.2),
+                         ({"method": "head", "prompt_length": None, "reparam": None, "init": None, "lr": None},
+                          0.02)])
+    table = S.comparisons(frame, n_boot=2000)
+    vs_prompt, vs_head = row_of(table, "variant_vs_prompt"), row_of(table, "variant_vs_head")
+    assert (vs_prompt["a"], vs_prompt["b"]) == ("input prompt (MF), epochs=2", "input prompt (MF), epochs=5")
+    assert vs_prompt["effect"] == pytest.approx(0.05, abs=0.01)
+    assert vs_head["b"] == "head only" and vs_head["effect"] == pytest.approx(0.03, abs=0.01)
+    assert row_of(table, "prompt_vs_head")["effect"] == pytest.approx(-0.02, abs=0.01)
+    v = verdict_table(frame, None, n_boot=1000)["verdict"]
+    assert v.loc[v["claim"].str.startswith("One setting"), "verdict"].tolist() == ["holds"]
+    assert v.loc[v["claim"].str.startswith("A soft prompt"), "verdict"].tolist() == ["does not hold"]

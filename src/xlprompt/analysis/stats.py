@@ -187,6 +187,7 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
             out.append(_row("deep_vs_input", keys, "deep prompt", "input prompt", arms["deep_prompt"],
                             arms["input_prompt"], n_boot))
     out += _method_rows(rows, n_boot)
+    out += variant_rows(rows, n_boot)
     return pd.DataFrame(out)
 
 
@@ -214,6 +215,44 @@ def _method_rows(rows: pd.DataFrame, n_boot: int) -> list[dict]:
         for a, b in (("prompt", "finetune"), ("prompt", "head"), ("finetune", "head")):
             if a in arms and b in arms:
                 out.append(_row(f"{a}_vs_{b}", keys, labels[a], labels[b], arms[a], arms[b], n_boot))
+    return out
+
+
+WHY_SETTINGS = ("epochs", "lr", "reparam", "head_init")  # what issue 15 asks about the prompt's loss to the probe
+
+
+def _same(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and a == b)
+
+
+def variant_rows(rows: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
+    """Frozen input prompts that differ from the method comparison's prompt arm in exactly one of
+    `WHY_SETTINGS` at the same model and samples per class (fewer epochs, another LR, an MLP, a head
+    started at the probe), each against that prompt ("variant_vs_prompt") and against the head-only
+    probe ("variant_vs_head")."""
+    prompts = rows[(rows["method"] == "input_prompt") & rows["freeze_model"]]
+    settings = [c for c in WHY_SETTINGS if c in rows.columns]
+    held = [a for a in T.AXES if a in rows.columns and a not in (*settings, "model", "method", "shots", "freeze_model")]
+    out = []
+    for (model, shots), arms in sorted(method_arms(rows).items(), key=lambda kv: (kv[0][0], _shots_order(kv[0][1]))):
+        base = arms.get("prompt")
+        if base is None or len(base[settings + held].drop_duplicates()) != 1:
+            continue
+        ref = base.iloc[0]
+        same = prompts[(prompts["model"] == model)
+                       & (prompts["shots"].isna() if shots is None else prompts["shots"] == shots)]
+        same = same[[all(_same(v, ref[a]) for a, v in zip(held, vals)) for vals in same[held].itertuples(index=False)]]
+        keys = {"model": model, "shots": shots}
+        for values, part in same.groupby(settings, dropna=False, sort=True):
+            changed = [(a, v) for a, v in zip(settings, values) if not _same(v, ref[a])]
+            if len(changed) != 1:
+                continue
+            (axis, value), = changed
+            label = f"input prompt (MF), {axis}={T._plain(value)}"
+            out.append(_row("variant_vs_prompt", keys, label, f"input prompt (MF), {axis}={T._plain(ref[axis])}",
+                            part, base, n_boot))
+            if "head" in arms:
+                out.append(_row("variant_vs_head", keys, label, "head only", part, arms["head"], n_boot))
     return out
 
 

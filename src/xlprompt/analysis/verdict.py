@@ -144,6 +144,8 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
                      "verdict": UNDECIDED, "why": "not measured"})
     rows += _paired_rows(table, "prompt_vs_head", "A soft prompt transfers better than the converged linear probe "
                          "(head only)", +1)
+    rows += _paired_rows(table, "variant_vs_head", "One setting changed makes the soft prompt transfer better than the "
+                         "converged linear probe (why the prompt loses)", +1)
     return {"verdict": pd.DataFrame(rows), "statistics": table, "length_slopes": slopes,
             "distance_slopes": distances, "reparam": reparam, "stopped_early": S.stopped_early(frame)}
 
