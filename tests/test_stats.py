@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -248,3 +249,19 @@ def test_one_setting_changed_is_compared_with_the_prompt_and_with_the_probe():
     v = verdict_table(frame, None, n_boot=1000)["verdict"]
     assert v.loc[v["claim"].str.startswith("One setting"), "verdict"].tolist() == ["holds"]
     assert v.loc[v["claim"].str.startswith("A soft prompt"), "verdict"].tolist() == ["does not hold"]
+
+
+def test_an_effect_whose_seeds_disagree_stays_undecided():
+    """The interval resamples languages, so a 3-seed effect of +5 / +5 / -4 points looks decided to it;
+    the verdict must say undecided and show the per-seed effects."""
+    per_seed = {0: 0.05, 1: 0.05, 2: -0.04}
+    frame = store_frame([({"freeze_model": False}, 0.0)], noise=0.002)
+    unfrozen = ~frame["freeze_model"]
+    frame.loc[unfrozen, "accuracy"] -= frame.loc[unfrozen, "seed"].astype(int).map(per_seed)
+    mf = row_of(S.comparisons(frame, n_boot=1000), "mf")
+    assert mf["ci_low"] > 0 and mf["seeds_agree"] is False
+    assert [float(e) for e in mf["seed_effects"].split(";")] == pytest.approx([0.05, 0.05, -0.04], abs=0.003)
+    v = verdict_table(frame, None, n_boot=1000)["verdict"]
+    row = v[v["claim"].str.startswith("Freezing")].iloc[0]
+    assert row["verdict"] == UNDECIDED and "differ in sign" in row["why"]
+    assert re.search(r"per seed \+5\.\d / \+5\.\d / -4\.\d", row["number"])

@@ -88,7 +88,7 @@ def slope_difference(distance, frozen, unfrozen, n_boot: int = N_BOOT, seed: int
     x, f, u = x[ok], f[ok], u[ok]
     out = {"languages": int(len(x)), "slope_frozen": slope(x, f), "slope_unfrozen": slope(x, u)}
     out["effect"] = out["slope_frozen"] - out["slope_unfrozen"]
-    if len(x) < 3:
+    if len(x) < 3 or n_boot < 1:
         return {**out, "ci_low": float("nan"), "ci_high": float("nan")}
     rng = np.random.default_rng(seed)
     diffs = []
@@ -142,10 +142,35 @@ def matched_arms(arms: dict) -> dict:
     return {k: rows[rows["seed"].isin(common)] for k, rows in arms.items()}
 
 
+def seed_effects(a_rows: pd.DataFrame, b_rows: pd.DataFrame) -> list[float]:
+    """Per seed both arms ran: the mean over their common languages of A - B. The bootstrap interval
+    resamples languages only, so it cannot see seeds that disagree; these can."""
+    out = []
+    for seed in sorted(set(a_rows["seed"].dropna()) & set(b_rows["seed"].dropna())):
+        a = a_rows[a_rows["seed"] == seed].groupby("language")["accuracy"].mean()
+        b = b_rows[b_rows["seed"] == seed].groupby("language")["accuracy"].mean()
+        d = (a - b).dropna()
+        if len(d):
+            out.append(float(d.mean()))
+    return out
+
+
+def seeds_agree(effects: list[float]):
+    """True when every seed's effect has the same sign, False when they differ, None under 2 seeds."""
+    if len(effects) < 2:
+        return None
+    return bool(all(e > 0 for e in effects) or all(e < 0 for e in effects))
+
+
+def _seed_columns(effects: list[float]) -> dict:
+    return {"seed_effects": ";".join(f"{e:+.4f}" for e in effects), "seeds_agree": seeds_agree(effects)}
+
+
 def _row(comparison: str, keys: dict, a_label: str, b_label: str, a_rows, b_rows, n_boot: int) -> dict:
     a_rows, b_rows = matched_seeds(a_rows, b_rows)
     return {"comparison": comparison, "series": _series(keys), **{f"key_{k}": T._plain(v) for k, v in keys.items()},
-            "a": a_label, "b": b_label, **paired(arm(a_rows), arm(b_rows), n_boot)}
+            "a": a_label, "b": b_label, **paired(arm(a_rows), arm(b_rows), n_boot),
+            **_seed_columns(seed_effects(a_rows, b_rows))}
 
 
 def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
@@ -256,6 +281,13 @@ def variant_rows(rows: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
     return out
 
 
+def _language_slopes(arms: dict) -> tuple[np.ndarray, list[int]]:
+    """Per language (present at every length): the slope of accuracy on log2(L); and the lengths."""
+    acc = pd.DataFrame({int(L): arm(r)["per_language"] for L, r in arms.items()}).dropna()
+    x = np.log2(np.asarray(acc.columns, dtype=float))
+    return np.array([slope(x, row) for row in acc.to_numpy()]), list(map(int, acc.columns))
+
+
 def length_slopes(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """Per series: the mean over languages of the per-language slope of accuracy on log2(prompt length)."""
     prompts = T.transfer_rows(frame)
@@ -265,15 +297,21 @@ def length_slopes(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
         if len(arms) < 2:
             continue
         arms = matched_arms(arms)
-        acc = pd.DataFrame({int(L): arm(r)["per_language"] for L, r in arms.items()}).dropna()
-        x = np.log2(np.asarray(acc.columns, dtype=float))
-        slopes = np.array([slope(x, row) for row in acc.to_numpy()])
+        slopes, lengths = _language_slopes(arms)
         lo, hi = bootstrap_ci(slopes, n_boot)
-        out.append({"comparison": "length_slope", "series": _series(keys), "lengths": list(map(int, acc.columns)),
+        seeds = sorted(set.intersection(*(set(r["seed"].dropna()) for r in arms.values())))
+        per_seed = [_language_slopes({L: r[r["seed"] == s] for L, r in arms.items()})[0] for s in seeds]
+        out.append({"comparison": "length_slope", "series": _series(keys), "lengths": lengths,
                     "languages": len(slopes), "seeds": min(arm(r)["seeds"] for r in arms.values()),
                     "effect": float(slopes.mean()) if len(slopes) else float("nan"), "ci_low": lo, "ci_high": hi,
-                    "p_value": wilcoxon_p(slopes)})
+                    "p_value": wilcoxon_p(slopes),
+                    **_seed_columns([float(p.mean()) for p in per_seed if len(p)])})
     return pd.DataFrame(out)
+
+
+def _with_distances(frozen: pd.Series, unfrozen: pd.Series, langs: pd.DataFrame) -> pd.DataFrame:
+    both = pd.DataFrame({"frozen": frozen, "unfrozen": unfrozen}).dropna()
+    return both.merge(langs.set_index("language")[list(DISTANCES)], left_index=True, right_index=True, how="left")
 
 
 def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
@@ -285,13 +323,18 @@ def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BO
     for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
         if not (True in arms and False in arms):
             continue
-        frozen, unfrozen = (arm(r) for r in matched_seeds(arms[True], arms[False]))
-        both = pd.DataFrame({"frozen": frozen["per_language"], "unfrozen": unfrozen["per_language"]}).dropna()
-        both = both.merge(langs.set_index("language")[list(DISTANCES)], left_index=True, right_index=True, how="left")
+        f_rows, u_rows = matched_seeds(arms[True], arms[False])
+        frozen, unfrozen = arm(f_rows), arm(u_rows)
+        both = _with_distances(frozen["per_language"], unfrozen["per_language"], langs)
+        seeds = sorted(set(f_rows["seed"].dropna()) & set(u_rows["seed"].dropna()))
+        per_seed = [_with_distances(arm(f_rows[f_rows["seed"] == s])["per_language"],
+                                    arm(u_rows[u_rows["seed"] == s])["per_language"], langs) for s in seeds]
         for dist in DISTANCES:
+            effects = [slope_difference(p[dist], p["frozen"], p["unfrozen"], n_boot=0)["effect"] for p in per_seed]
             out.append({"comparison": "distance_slope", "series": _series(keys), "distance": dist,
                         "seeds": min(frozen["seeds"], unfrozen["seeds"]),
-                        **slope_difference(both[dist], both["frozen"], both["unfrozen"], n_boot)})
+                        **slope_difference(both[dist], both["frozen"], both["unfrozen"], n_boot),
+                        **_seed_columns([e for e in effects if np.isfinite(e)])})
     return pd.DataFrame(out)
 
 

@@ -2,7 +2,10 @@
 that tests it on the store's model, its interval, and holds / does not hold / undecided.
 
 A row is "undecided" when either arm has fewer than `MIN_SEEDS` seeds, fewer than `MIN_LANGUAGES`
-languages are compared, or the 95 % interval spans zero; otherwise the interval's side decides.
+languages are compared, the 95 % interval spans zero, or the seeds disagree: the interval resamples
+languages, so it cannot see a spread over seeds, and an effect that changes sign from one seed to another
+(each seed's mean over languages, `stats.seed_effects`) is not decided by it. Otherwise the interval's
+side decides.
 Reparameterization's claim is about heterogeneity, so it is decided by a Friedman test of the
 seed-paired per-language differences (languages as treatments, seeds as blocks) at `ALPHA`.
 """
@@ -33,16 +36,27 @@ def _p(p) -> str:
     return "n/a" if p is None or (isinstance(p, float) and math.isnan(p)) else f"{p:.2g}"
 
 
-def decide(effect_sign: int, ci_low, ci_high, seeds: int, languages: int) -> tuple[str, str]:
-    """(verdict, why) for a claim that the effect has sign `effect_sign` (+1: A better than B)."""
+def decide(effect_sign: int, ci_low, ci_high, seeds: int, languages: int, agree=None) -> tuple[str, str]:
+    """(verdict, why) for a claim that the effect has sign `effect_sign` (+1: A better than B). `agree`:
+    whether every seed's effect has the same sign (`stats.seeds_agree`); False keeps the row undecided,
+    since the interval (languages resampled) does not see the spread over seeds."""
     if languages < MIN_LANGUAGES:
         return UNDECIDED, f"{languages} languages (needs {MIN_LANGUAGES})"
     if seeds < MIN_SEEDS:
         return UNDECIDED, f"{seeds} seed(s) (needs {MIN_SEEDS})"
     if ci_low is None or math.isnan(ci_low) or ci_low <= 0 <= ci_high:
         return UNDECIDED, "the interval spans zero"
+    if agree is not None and not pd.isna(agree) and not bool(agree):
+        return UNDECIDED, "the seeds' effects differ in sign"
     agrees = (ci_low > 0) == (effect_sign > 0)
     return (HOLDS, "the interval excludes zero") if agrees else (FAILS, "the interval excludes zero, other side")
+
+
+def _per_seed(effects, digits=1) -> str:
+    """"; per seed +3.4 / -2.2" from `stats.seed_effects`' "+0.0340;-0.0220" (empty under 2 seeds)."""
+    if not isinstance(effects, str) or ";" not in effects:
+        return ""
+    return "; per seed " + " / ".join(_fmt(float(e), digits=digits) for e in effects.split(";"))
 
 
 def _paired_rows(table: pd.DataFrame, comparison: str, claim: str, sign: int, unit: str = "pts") -> list[dict]:
@@ -51,12 +65,13 @@ def _paired_rows(table: pd.DataFrame, comparison: str, claim: str, sign: int, un
         return out
     for r in table[table["comparison"] == comparison].itertuples():
         seeds = min(r.seeds_a, r.seeds_b)
-        verdict, why = decide(sign, r.ci_low, r.ci_high, seeds, r.languages)
+        verdict, why = decide(sign, r.ci_low, r.ci_high, seeds, r.languages, getattr(r, "seeds_agree", None))
         out.append({"claim": claim, "setting": f"{r.series}: {r.a} vs {r.b}",
                     "number": f"{_fmt(r.effect)} {unit} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}], "
                               f"p={_p(r.p_value)}; {r.a} {_fmt(r.mean_a, signed=False)} vs "
                               f"{r.b} {_fmt(r.mean_b, signed=False)} (sd over seeds "
-                              f"{_fmt(r.seed_std_a, signed=False)} / {_fmt(r.seed_std_b, signed=False)})",
+                              f"{_fmt(r.seed_std_a, signed=False)} / {_fmt(r.seed_std_b, signed=False)})"
+                              f"{_per_seed(getattr(r, 'seed_effects', ''))}",
                     "languages": r.languages, "seeds": seeds, "verdict": verdict, "why": why})
     return out
 
@@ -101,21 +116,22 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
     rows = _paired_rows(table, "mf", "Freezing the model (MF) improves transfer (Philippy)", +1)
     if not distances.empty:
         for r in distances[distances["distance"] == VERDICT_DISTANCE].itertuples():
-            verdict, why = decide(+1, r.ci_low, r.ci_high, r.seeds, r.languages)
+            verdict, why = decide(+1, r.ci_low, r.ci_high, r.seeds, r.languages, r.seeds_agree)
             rows.append({"claim": "MF reduces the dependence of transfer on distance from the training language "
                                   "(Philippy)", "setting": f"{r.series}; {r.distance} distance",
                          "number": f"slope MF {_fmt(r.slope_frozen)} vs no MF {_fmt(r.slope_unfrozen)} pts per unit; "
-                                   f"difference {_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+                                   f"difference {_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                                   f"{_per_seed(r.seed_effects)}",
                          "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
     else:
         rows.append({"claim": "MF reduces the dependence of transfer on distance from the training language "
                               "(Philippy)", "setting": "", "number": "not measured (needs MF and no MF runs and "
                      "URIEL distances)", "languages": 0, "seeds": 0, "verdict": UNDECIDED, "why": "not measured"})
     for r in slopes.itertuples():
-        verdict, why = decide(-1, r.ci_low, r.ci_high, r.seeds, r.languages)
+        verdict, why = decide(-1, r.ci_low, r.ci_high, r.seeds, r.languages, r.seeds_agree)
         rows.append({"claim": "Shorter prompts transfer better (Philippy)", "setting": f"{r.series}; L in {r.lengths}",
                      "number": f"{_fmt(r.effect, digits=2)} pts per doubling of L [{_fmt(r.ci_low, digits=2)}, "
-                               f"{_fmt(r.ci_high, digits=2)}], p={_p(r.p_value)}",
+                               f"{_fmt(r.ci_high, digits=2)}], p={_p(r.p_value)}{_per_seed(r.seed_effects, digits=2)}",
                      "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
     if not table.empty:
         shots = table[table["comparison"] == "shots"]
@@ -166,7 +182,8 @@ def verdict_markdown(result: dict, store: str) -> str:
              f"Effects are in accuracy points on zero-shot languages (per language: mean over seeds), with 95 % "
              f"bootstrap intervals over languages ({S.N_BOOT} draws, seed {S.SEED}) and paired Wilcoxon "
              f"signed-rank p-values across languages. A row is undecided with fewer than {MIN_SEEDS} seeds or "
-             f"{MIN_LANGUAGES} languages, or when its interval spans zero.\n",
+             f"{MIN_LANGUAGES} languages, when its interval spans zero, or when the seeds' effects (each seed's mean "
+             f"over languages, listed as \"per seed\") differ in sign.\n",
              _md_table(verdict[["claim", "setting", "number", "languages", "seeds", "verdict"]]),
              f"\n## Runs stopped too early (best epoch = last, dev loss still down > {S.LATE_GAIN:.0%} over the "
              "last quarter of epochs)\n",
