@@ -126,10 +126,8 @@ def _shots_order(value) -> float:
 def matched_seeds(a_rows: pd.DataFrame, b_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both arms cut to the seeds they share, when they share any: an extra seed on one side only would
     move that side's seed mean and show up as an effect (seed 1 of one arm against seed 0 of the other)."""
-    common = set(a_rows["seed"].dropna()) & set(b_rows["seed"].dropna())
-    if not common:
-        return a_rows, b_rows
-    return a_rows[a_rows["seed"].isin(common)], b_rows[b_rows["seed"].isin(common)]
+    cut = matched_arms({"a": a_rows, "b": b_rows})
+    return cut["a"], cut["b"]
 
 
 def matched_arms(arms: dict) -> dict:
