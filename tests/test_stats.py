@@ -34,7 +34,7 @@ def store_frame(effects: dict, n_languages=40, seeds=(0, 1, 2), noise=0.02, seed
     for change, shift in [({}, 0.0), *effects]:
         for s in seeds:
             cfg = dict(task="sib200", model="m", method="input_prompt", prompt_length=10, shots=32, seed=s,
-                       freeze_model=True, reparam="none", init="random", lr=5e-3, epochs=epochs,
+                       freeze_model=True, reparam="none", init="random", lr=5e-3, head_lr=5e-2, epochs=epochs,
                        train_language="eng_Latn", split="test", best_epoch=epochs - 1)
             cfg.update(change)
             rid = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
@@ -249,6 +249,20 @@ def test_one_setting_changed_is_compared_with_the_prompt_and_with_the_probe():
     v = verdict_table(frame, None, n_boot=1000)["verdict"]
     assert v.loc[v["claim"].str.startswith("One setting"), "verdict"].tolist() == ["holds"]
     assert v.loc[v["claim"].str.startswith("A soft prompt"), "verdict"].tolist() == ["does not hold"]
+
+
+def test_the_heads_learning_rate_is_a_setting_the_why_rows_change():
+    """Issue 15 asks whether the head's learning rate makes the prompt lose to the probe: a prompt whose
+    head trained at another rate is paired with the unchanged prompt (the one the grid also ran at 8 per
+    class) and with the probe."""
+    frame = store_frame([({"head_lr": 5e-3}, 0.03), ({"shots": 8}, -0.1),
+                         ({"method": "head", "prompt_length": None, "reparam": None, "init": None, "lr": None},
+                          0.01)])
+    table = S.comparisons(frame, n_boot=1000)
+    vs_prompt, vs_head = row_of(table, "variant_vs_prompt"), row_of(table, "variant_vs_head")
+    assert (vs_prompt["a"], vs_prompt["b"]) == ("input prompt (MF), head_lr=0.005", "input prompt (MF), head_lr=0.05")
+    assert vs_prompt["effect"] == pytest.approx(0.03, abs=0.01)
+    assert vs_head["effect"] == pytest.approx(0.02, abs=0.01)
 
 
 def test_an_effect_whose_seeds_disagree_stays_undecided():

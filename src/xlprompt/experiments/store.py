@@ -39,7 +39,7 @@ COLUMNS = {
     "trainable_parameters": "Int64", "backbone_parameters": "Int64", "train_seconds": "float64",
     "best_epoch": "Int64",
     "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
-    "late_dev_gain": "float64", "head_init": "string",
+    "late_dev_gain": "float64", "head_init": "string", "head_lr": "float64",
 }
 
 
@@ -96,6 +96,7 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         "best_epoch": best, "prefix_projection": method.get("projection"),
         "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
         "late_dev_gain": late_dev_gain(curve), "head_init": config.get("head_init", "random"),
+        "head_lr": config.get("head_lr"),
     }
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
 
