@@ -25,7 +25,7 @@ from xlprompt.data.custom import CustomSpec, custom_label_names, load_custom
 from xlprompt.errors import XlpromptError
 from xlprompt.experiments.grid import expand_grid
 from xlprompt.run import Run
-from xlprompt.serving.multi import read_servable_config
+from xlprompt.serving.served import read_servable_config
 
 EXAMPLES = int(os.environ.get("XLPROMPT_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("XLPROMPT_FUZZ_RANDOM"),

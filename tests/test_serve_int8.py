@@ -13,7 +13,7 @@ from xlprompt.errors import XlpromptError
 from xlprompt.models.backbone import Backbone
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt.serving import PromptBank
-from xlprompt.serving.multi import serving_precision
+from xlprompt.serving.served import serving_precision
 
 pytestmark = pytest.mark.skipif(not int8_matmul_available(), reason="torch has no CPU int8 matmul")
 NAMES = ["p1", "p3", "d2", "h0"]

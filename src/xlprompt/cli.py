@@ -324,8 +324,8 @@ def serve(
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
     from .engine import check_engine
-    from .serving.multi import PromptBank, check_max_padding, check_serving_precision, name_runs
-
+    from .serving.multi import PromptBank
+    from .serving.served import check_max_padding, check_serving_precision, name_runs
     from .serving.access import check_bind, check_prompts_dir
     from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,

@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 
 from ..errors import XlpromptError
-from .multi import NAME_CHARS
+from .served import NAME_CHARS
 
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"

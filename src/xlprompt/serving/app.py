@@ -18,7 +18,8 @@ from pathlib import Path
 from ..errors import XlpromptError
 from .access import ClientLimit, Scrubber, bearer_matches, check_token, public_model, resolve_run
 from .batcher import MODES, Batcher, Closed, Job, QueueFull
-from .multi import DuplicateName, PromptBank, to_prediction
+from .multi import PromptBank
+from .served import DuplicateName, to_prediction
 
 try:
     from fastapi import FastAPI, Request
