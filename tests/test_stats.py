@@ -265,6 +265,21 @@ def test_the_heads_learning_rate_is_a_setting_the_why_rows_change():
     assert vs_head["effect"] == pytest.approx(0.02, abs=0.01)
 
 
+def test_the_heads_weight_decay_is_a_setting_the_why_rows_change():
+    """The probe is L2-regularised and the prompt's head is not by default: a prompt whose head was
+    decayed is paired with the unchanged prompt and with the probe, like any other changed setting."""
+    frame = store_frame([({"head_weight_decay": 1.0}, 0.02), ({"shots": 8}, -0.1),
+                         ({"method": "head", "prompt_length": None, "reparam": None, "init": None, "lr": None},
+                          0.01)])
+    frame["head_weight_decay"] = frame["head_weight_decay"].fillna(0.0)
+    table = S.comparisons(frame, n_boot=1000)
+    vs_prompt = row_of(table, "variant_vs_prompt")
+    assert (vs_prompt["a"], vs_prompt["b"]) == ("input prompt (MF), head_weight_decay=1.0",
+                                                "input prompt (MF), head_weight_decay=0.0")
+    assert vs_prompt["effect"] == pytest.approx(0.02, abs=0.01)
+    assert row_of(table, "variant_vs_head")["effect"] == pytest.approx(0.01, abs=0.01)
+
+
 def test_an_effect_whose_seeds_disagree_stays_undecided():
     """The interval resamples languages, so a 3-seed effect of +5 / +5 / -4 points looks decided to it;
     the verdict must say undecided and show the per-seed effects."""

@@ -161,6 +161,7 @@ def test_local_sweep_end_to_end_then_resume_skips(tiny_model_dir, tmp_path, monk
     assert set(frame["language"]) == set(LANGS) and frame["accuracy"].between(0, 1).all()
     assert frame["shots"].eq(2).all() and frame["prompt_length"].eq(2).all() and frame["freeze_model"].all()
     assert set(frame["head_lr"]) == {s.config.head_lr for s in specs}  # a "why" setting the report compares
+    assert frame["head_weight_decay"].eq(0.0).all()  # no decay asked: the run's weight_decay, 0
     assert (frame["trainable_parameters"] > 0).all() and (frame["backbone_parameters"] > 0).all()
     assert __import__("torch").get_num_threads() == torch_threads  # inline runs leave the caller's threads
     stamps = {p: p.stat().st_mtime_ns for p in store.glob("runs/*/done.json")}

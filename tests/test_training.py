@@ -119,3 +119,19 @@ def test_encoder_prompt_follows_first_special_token(tiny_model_dir, toy_task):
     batch = model.collator()(enc, [0])
     assert batch.prompt_mask[0].tolist() == [False, True, True, True, False, False, False]
     assert batch.input_ids[0, 0].item() == model.backbone.tokenizer.cls_token_id or batch.input_ids[0, 0] == 0
+
+
+def test_head_weight_decay_regularises_the_head_alone(tiny_model_dir, toy_task):
+    """Issue 15 asks whether the prompt loses to the (L2-regularised) probe because its head is not
+    regularised: --head-weight-decay decays the head and leaves the prompt's optimizer as it was."""
+    from xlprompt.errors import XlpromptError
+    from xlprompt.train import param_groups
+
+    plain = fit(make_config(tiny_model_dir("xlm-roberta"), epochs=3), progress=False)
+    decayed = fit(make_config(tiny_model_dir("xlm-roberta"), epochs=3, head_weight_decay=20.0), progress=False)
+    norm = lambda run: torch.linalg.vector_norm(run.model.head.linear.weight).item()  # noqa: E731
+    assert norm(decayed) < 0.5 * norm(plain)
+    groups = param_groups(decayed.model, decayed.config)
+    assert groups[0]["weight_decay"] == 20.0 and all("weight_decay" not in g for g in groups[1:])
+    with pytest.raises(XlpromptError, match="head_weight_decay"):
+        make_config(tiny_model_dir("xlm-roberta"), head_weight_decay=-1.0)

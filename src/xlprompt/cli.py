@@ -36,6 +36,8 @@ def train(
     batch_size: int = typer.Option(8),
     lr: float = typer.Option(5e-3, help="Prompt learning rate."),
     head_lr: float = typer.Option(5e-2, help="Learning rate of a trained head (linear, per-token, span)."),
+    head_weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay on the trained head alone "
+                                                      "(default: none)."),
     solver: str = typer.Option("lbfgs", help="--method head: lbfgs (the converged linear probe, C chosen on dev) "
                                "| adamw (epochs of AdamW at --head-lr)."),
     head_init: str = typer.Option("random", help="Prompt runs: random | probe (start the head at the linear probe)."),
@@ -84,6 +86,7 @@ def train(
     config = TrainConfig(
         task=task, model=model, method=method_cfg, shots=shots, model_lr=model_lr,
         seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
+        head_weight_decay=head_weight_decay,
         freeze_model=freeze, train_language=train_lang, pooling=pooling, head_init=head_init,
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
         data_dir=None if custom else _data_dir(data_dir), custom=custom,

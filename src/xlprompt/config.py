@@ -24,6 +24,7 @@ class TrainConfig:
     warmup: float = 0.1
     max_length: int = 128
     weight_decay: float = 0.0
+    head_weight_decay: float | None = None  # AdamW's decoupled decay on the trained head alone; None: weight_decay
     freeze_model: bool | None = None   # None: the method's default (frozen except for finetune)
     model_lr: float = 2e-5             # backbone learning rate when it trains (no MF, finetune)
     pooling: str = "mean"              # encoder head: mean over real positions (e5) or first token
@@ -61,6 +62,8 @@ class TrainConfig:
             CustomSpec.from_dict(self.custom)  # unknown keys fail here, before any model loads
         if self.head_init not in ("random", "probe"):
             raise XlpromptError(f"Unknown head_init {self.head_init!r}: use 'random' or 'probe'.")
+        if self.head_weight_decay is not None and self.head_weight_decay < 0:
+            raise XlpromptError(f"head_weight_decay must be >= 0 (or None for weight_decay), got {self.head_weight_decay}.")
         if not 0.0 <= self.warmup < 1.0:
             raise XlpromptError(f"warmup is a fraction of training steps in [0, 1), got {self.warmup}.")
 

@@ -35,6 +35,8 @@ def param_groups(model, config: TrainConfig) -> list[dict]:
     """Which parameters train, and at which rate: the freezing policy lives here and only here."""
     model.backbone.requires_grad_(not config.freeze_model)
     groups = [{"params": list(model.head.parameters()), "lr": config.head_lr}]
+    if config.head_weight_decay is not None:  # regularise the head alone, as the probe's L2 does
+        groups[0]["weight_decay"] = config.head_weight_decay
     if model.method is not None:
         groups.append({"params": list(model.method.parameters()), "lr": config.lr})
     if not config.freeze_model:

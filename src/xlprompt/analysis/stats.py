@@ -241,7 +241,7 @@ def _method_rows(rows: pd.DataFrame, n_boot: int) -> list[dict]:
     return out
 
 
-WHY_SETTINGS = ("epochs", "lr", "reparam", "head_init", "head_lr")  # what issue 15 asks about the prompt's loss to the probe
+WHY_SETTINGS = ("epochs", "lr", "reparam", "head_init", "head_lr", "head_weight_decay")  # what issue 15 asks about the prompt's loss to the probe
 
 
 def _same(a, b) -> bool:
@@ -251,7 +251,7 @@ def _same(a, b) -> bool:
 def variant_rows(rows: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
     """Frozen input prompts that differ from the method comparison's prompt arm in exactly one of
     `WHY_SETTINGS` at the same model and samples per class (fewer epochs, another LR for the prompt or the head,
-    an MLP, a head started at the probe), each against that prompt ("variant_vs_prompt") and against the head-only
+    an MLP, a head started at the probe or decayed), each against that prompt ("variant_vs_prompt") and against the head-only
     probe ("variant_vs_head")."""
     prompts = rows[(rows["method"] == "input_prompt") & rows["freeze_model"]]
     settings = [c for c in WHY_SETTINGS if c in rows.columns]

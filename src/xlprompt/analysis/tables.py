@@ -19,7 +19,8 @@ from ..errors import XlpromptError
 
 # the run settings a store may vary (seed is the replicate, never fixed)
 AXES = ("task", "model", "method", "prompt_length", "shots", "freeze_model", "reparam", "init", "lr",
-        "epochs", "train_language", "split", "head_init", "head_lr")
+        "epochs", "train_language", "split", "head_init", "head_lr",
+        "head_weight_decay")
 PROMPT_METHODS = ("input_prompt", "deep_prompt")
 METHOD_NAMES = {"input_prompt": "input prompt", "deep_prompt": "deep prompt", "finetune": "fine-tuning",
                 "head": "head only"}

@@ -38,6 +38,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "shots": ("shots", "config"), "seed": ("int", "config"), "epochs": ("int", "config"),
     "batch_size": ("int", "config"), "lr": ("float", "config"), "head_lr": ("float?", "config"),
     "warmup": ("float", "config"), "max_length": ("int", "config"), "weight_decay": ("float", "config"),
+    "head_weight_decay": ("float?", "config"),
     "freeze_model": ("bool", "config"), "model_lr": ("float", "config"), "pooling": ("str", "config"),
     "loss_over": ("str", "config"), "label_words": ("strlist", "config"), "data_dir": ("str?", "config"),
     "eval_batch_size": ("int", "config"),
@@ -90,7 +91,7 @@ class RunSpec:
 # other value enters the hash as usual. A new TrainConfig or method field belongs here, with its default.
 # (Head-only runs before the converged probe were AdamW runs: `solver` is neutral at "adamw", so their ids
 # stay and probe runs get new ones.)
-ID_NEUTRAL: dict[str, dict] = {"config": {"head_init": "random"},
+ID_NEUTRAL: dict[str, dict] = {"config": {"head_init": "random", "head_weight_decay": None},
                                "method": {"solver": "adamw", "c_grid": list(PROBE_C_GRID)}}
 
 

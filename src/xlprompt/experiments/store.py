@@ -40,6 +40,7 @@ COLUMNS = {
     "best_epoch": "Int64",
     "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
     "late_dev_gain": "float64", "head_init": "string", "head_lr": "float64",
+    "head_weight_decay": "float64",
 }
 
 
@@ -97,8 +98,14 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
         "late_dev_gain": late_dev_gain(curve), "head_init": config.get("head_init", "random"),
         "head_lr": config.get("head_lr"),
+        # what the head's optimizer used: its own decay, else the run's (old runs have neither key: 0)
+        "head_weight_decay": _first_set(config.get("head_weight_decay"), config.get("weight_decay"), 0.0),
     }
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
+
+
+def _first_set(*values):
+    return next(v for v in values if v is not None)
 
 
 def late_dev_gain(curve: list[dict]) -> float | None:
