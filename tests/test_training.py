@@ -35,7 +35,6 @@ def train_loss(run, frame_split="train"):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_training_learns_and_keeps_backbone_frozen(family, tiny_model_dir, toy_task):
-    from xlprompt.models.backbone import Backbone
     from xlprompt.models.classifier import build_classifier
 
     config = make_config(tiny_model_dir(family))

@@ -8,11 +8,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .evaluation import predict_outputs
 from .models.heads import head_loss
-from .errors import XlpromptError
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
 from .device import device_info, local_rank_device, reset_peak_memory, resolve_device, to_device
