@@ -237,7 +237,7 @@ def test_one_setting_changed_is_compared_with_the_prompt_and_with_the_probe():
     """Issue 15's "why": a prompt differing from the method arm's prompt in one setting (here 2 epochs
     instead of 5) is paired with that prompt and with the head-only probe; a run changing two settings is
     not, and a variant that beats the probe with 3 seeds makes the verdict row hold."""
-    frame = store_frame([({"epochs": 2}, 0.05), ({"epochs": 2, "lr": 1e-3}, 0.2),
+    frame = store_frame([({"epochs": 2}, 0.05), ({"lr": 1e-3, "reparam": "mlp"}, 0.2),
                          ({"method": "head", "prompt_length": None, "reparam": None, "init": None, "lr": None},
                           0.02)])
     table = S.comparisons(frame, n_boot=2000)

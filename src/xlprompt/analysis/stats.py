@@ -107,9 +107,10 @@ def _groups(rows: pd.DataFrame, vary: list[str], keep: list[str]):
     """(keep values, {vary value: arm rows}) per keep group, other axes held fixed as the figures do."""
     if rows.empty:
         return
+    unfixed = rows
     rows, _ = T.fix_other_axes(rows, vary, keep, min_values=2)
     if vary == ["shots", "epochs"]:
-        rows = T.one_epochs_per_shots(rows, keep)
+        rows = T.one_epochs_per_shots(rows, keep, counts=unfixed)
     for key, part in rows.groupby(keep, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         yield dict(zip(keep, key)), {v: p for v, p in part.groupby(vary[0], dropna=False, sort=True)}
@@ -223,8 +224,8 @@ def method_arms(rows: pd.DataFrame) -> dict:
     for name, sub in pick.items():
         if sub.empty:
             continue
-        sub, _ = T.fix_other_axes(sub, ["shots", "epochs"], ["model"])
-        sub = T.one_epochs_per_shots(sub, ["model"])
+        fixed, _ = T.fix_other_axes(sub, ["shots", "epochs"], ["model"])
+        sub = T.one_epochs_per_shots(fixed, ["model"], counts=sub)
         for (model, shots), part in sub.groupby(["model", "shots"], dropna=False, sort=True):
             out.setdefault((model, None if pd.isna(shots) else int(shots)), {})[name] = part
     return out

@@ -148,17 +148,26 @@ def fix_other_axes(frame: pd.DataFrame, vary: list[str], keep: list[str],
     return (pd.concat(parts) if parts else frame.iloc[:0]), chosen
 
 
-def one_epochs_per_shots(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def one_epochs_per_shots(frame: pd.DataFrame, by: list[str], counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Where epochs vary with samples per class (a grid trains small sets longer), keep for each `by` group
     and shots value only its main epochs setting (the most seeds, then the most runs, then the most
-    epochs): a shorter side run at the same shots (a "why" run) would otherwise be averaged into that
-    shots value's arm."""
+    epochs): a shorter or longer side run at the same shots (a "why" run) would otherwise be averaged into
+    that shots value's arm. `counts`: the rows before other settings were held fixed; runs are counted
+    there, so the epochs that the other settings share (the grid's) wins a tie in seeds."""
     if frame.empty or "epochs" not in frame.columns or "shots" not in frame.columns:
         return frame
+    counted = None
+    if counts is not None and not counts.empty:
+        counted = (counts.groupby([*by, "shots", "epochs"], dropna=False)["run_id"].nunique()
+                   .rename("all_runs").reset_index())
     keep = []
     for _, part in frame.groupby([*by, "shots"], dropna=False, sort=False):
-        runs = part.groupby("epochs", dropna=False).agg(seeds=("seed", "nunique"), runs=("run_id", "nunique"))
-        runs = runs.reset_index().sort_values(["seeds", "runs", "epochs"], ascending=False)
+        runs = part.groupby([*by, "shots", "epochs"], dropna=False).agg(
+            seeds=("seed", "nunique"), runs=("run_id", "nunique")).reset_index()
+        if counted is not None:
+            runs = runs.merge(counted, on=[*by, "shots", "epochs"], how="left")
+            runs["runs"] = runs["all_runs"].fillna(runs["runs"])
+        runs = runs.sort_values(["seeds", "runs", "epochs"], ascending=False)
         main = runs["epochs"].iloc[0]
         keep.append(part[part["epochs"].isna()] if pd.isna(main) else part[part["epochs"] == main])
     return pd.concat(keep)
@@ -206,9 +215,10 @@ def _axis_study(frame, name, title, vary, keep, method_filter, caption, together
         return Study(name, title, skipped=f"needs at least two values of {vary} for one "
                      f"{' / '.join(keep)} among {', '.join(method_filter)} runs; the store has "
                      f"{sorted(map(str, rows[vary].drop_duplicates().tolist()))}")
+    unfixed = rows
     rows, chosen = fix_other_axes(rows, [vary, *together], keep, min_values=2)
     if vary == "shots" and "epochs" in together:
-        rows = one_epochs_per_shots(rows, keep)
+        rows = one_epochs_per_shots(rows, keep, counts=unfixed)
     table = seed_spread(rows, [*keep, vary])
     config = {"compare": vary, "series": keep, "methods": list(method_filter), "held_fixed": chosen,
               "rows": "zero-shot languages (target != training language), test split when present",
