@@ -30,7 +30,7 @@ from .errors import XlpromptError
 PRECISIONS = ("auto", "fp32", "int8", "int8-checked", "bf16", "fp16")
 # What "auto" means on CPU for a frozen backbone: int8 with the close calls rechecked in fp32
 # (engine/checked.py). It passed the accuracy guard over all 205 SIB-200 languages (mean +0.02 points, worst
-# -1.96, at 1.88x fp32's tokens/s on 2 quiet cores; benchmarks/README.md); plain int8 did not.
+# -1.96, at 2.06x fp32's tokens/s on 2 quiet cores; benchmarks/README.md); plain int8 did not.
 CPU_AUTO = "int8-checked"
 AUTO_INT8_WHY = ("auto: int8 for the frozen backbone's Linear layers (one activation scale per token), close calls "
                  "rechecked in fp32")
