@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xlprompt import TrainConfig, fit
-from xlprompt.engine import checked
+from xlprompt.engine import checked, int8_token
 from xlprompt.engine.int8_token import int8_matmul_available
 from xlprompt.evaluation import evaluate, predict_outputs
 from xlprompt.inference import precision_context
@@ -113,6 +113,9 @@ def test_run_predict_uses_int8_checked_from_min_rows(trained, monkeypatch):
     monkeypatch.setattr(ev, "int8_checked_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert trained.predict(texts) == fp32 and not calls  # 40 texts: below MIN_ROWS, fp32
     monkeypatch.setattr(ev, "MIN_ROWS", 1)
+    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 0.04)  # auto where int8 is slow: fp32 still
+    assert trained.predict(texts) == fp32 and not calls
+    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 3.0)  # where it is fast: int8-checked
     checked_labels = trained.predict(texts)
     assert calls and len(checked_labels) == len(texts)
     # each label is int8's where its margin is wide, fp32's where it was rechecked: here they agree

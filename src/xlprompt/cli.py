@@ -147,8 +147,8 @@ def evaluate(
                                 "or a number."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8 | int8-checked (CPU, frozen backbone only: "
                                   "int8, close calls rechecked in fp32) | bf16 | fp16 (autocast, for GPUs). auto = "
-                                  "int8-checked on CPU for 2,000+ rows of sentence classification, else fp32 (see "
-                                  "benchmarks/README.md)."),
+                                  "int8-checked on CPU for 2,000+ rows of sentence classification where int8 is fast "
+                                  "(measured at start), else fp32 (see benchmarks/README.md)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "
@@ -320,7 +320,7 @@ def serve(
                                "pip install 'xlprompt[onnx]')."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8-checked: int8 with close calls rerun in fp32, "
                                   "each prompt calibrated on its training language's dev set when added (auto "
-                                  "on CPU)."),
+                                  "on CPU where int8 is fast, measured at start)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),

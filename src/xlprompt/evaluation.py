@@ -8,7 +8,7 @@ Speed (see benchmarks/README.md for the measurements behind each default):
 - `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
 - `precision`: "auto" = int8-checked on CPU for a frozen backbone (int8, close calls rechecked in fp32;
   it passed the 205-language accuracy guard; inference.CPU_AUTO), fp32 for fewer than 2,000 rows, for
-  tagging/QA and on a GPU;
+  tagging/QA, on a GPU and on a CPU whose int8 matmul is not fast (int8_token.int8_speedup);
 - `engine`: torch | onnx (ONNX Runtime runs the frozen backbone, engine/) | auto (engine.AUTO_ENGINE).
 """
 from __future__ import annotations

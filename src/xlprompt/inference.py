@@ -12,8 +12,11 @@ evaluation and restores them afterwards: `engine/int8_token.py`'s layers (one ac
 `torch._int_mm`) where torch has a CPU int8 matmul, else `torch.ao`'s dynamic ones (one activation scale
 per tensor, which lost 3.6 points over SIB-200's 205 languages; per token lost 0.06 on an 8-language
 sample but 2.94 on one language of the guard, benchmarks/README.md). `int8-checked`, the CPU default,
-runs every row in per-token int8 and the close calls again in fp32 (engine/checked.py). The prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are
-meant for GPUs: on this CPU, bf16 autocast measured slower than fp32.
+runs every row in per-token int8 and the close calls again in fp32 (engine/checked.py); "auto" picks it
+only where int8 is fast: on CPUs without integer matmul kernels in PyTorch (AVX2 only) int8 measured 25-60x
+slower than fp32, so auto stays fp32 there (`int8_token.int8_speedup`, measured once per process). The
+prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are meant
+for GPUs: on this CPU, bf16 autocast measured slower than fp32.
 """
 from __future__ import annotations
 
@@ -143,7 +146,11 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
         if device.type != "cpu":
             return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
         if CPU_AUTO != "fp32" and not trained_backbone and _quantization_available():
-            return CPU_AUTO, AUTO_INT8_WHY
+            from .engine.int8_token import int8_is_fast, slow_int8_reason
+
+            if int8_is_fast():
+                return CPU_AUTO, AUTO_INT8_WHY
+            return "fp32", f"auto: fp32 ({slow_int8_reason()})"
         return "fp32", AUTO_WHY
     if precision in ("bf16", "fp16") and device.type == "cpu":
         warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
@@ -157,6 +164,11 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
         if not _quantization_available():
             raise XlpromptError(f"torch {torch.__version__} has neither a CPU int8 matmul nor torch.ao dynamic "
                                 "quantization: use --precision fp32.")
+        from .engine.int8_token import int8_is_fast, int8_matmul_available, slow_int8_reason
+
+        if int8_matmul_available() and not int8_is_fast():
+            warnings.warn(f"--precision {precision} will likely be slower than fp32 here: {slow_int8_reason()}.",
+                          stacklevel=3)
     return precision, "requested"
 
 

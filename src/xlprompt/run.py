@@ -52,7 +52,8 @@ class Run:
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64,
                 engine: str = "auto", precision: str = "auto") -> list[str]:
         """The predicted label name of each text (as `xlprompt serve` answers "label"). `precision` auto is
-        int8-checked on CPU from 2,000 texts of sentence classification on, fp32 below (as `evaluate`)."""
+        int8-checked on CPU from 2,000 texts of sentence classification on where int8 is fast, else fp32
+        (as `evaluate`)."""
         from .evaluation import predict
 
         names = self.model_label_names()

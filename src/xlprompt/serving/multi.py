@@ -40,7 +40,7 @@ class PromptBank:
     """One frozen backbone and any number of named runs on it; `classify` mixes them per row.
 
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
-    `precision`: auto (int8-checked on CPU with the torch engine and an fp32 backbone, else fp32) | fp32 |
+    `precision`: auto (int8-checked on CPU with fast int8, the torch engine and an fp32 backbone, else fp32) | fp32 |
     int8-checked; under int8-checked each run is calibrated when added (`serving_precision`, `_calibrate`).
     """
 

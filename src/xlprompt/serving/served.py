@@ -3,6 +3,7 @@ precision rule, and the prediction a row becomes. `multi.PromptBank` holds the l
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def check_serving_precision(precision: str) -> str:
 def serving_precision(precision: str, backbone: Backbone, device: torch.device, engine: str) -> tuple[str, str]:
     """(precision used, why). auto is int8-checked where evaluation's auto is (a CPU, the PyTorch engine, an
     fp32 backbone), else fp32; an explicit int8-checked that cannot run here is an error."""
-    from ..engine.int8_token import int8_matmul_available
+    from ..engine.int8_token import int8_is_fast, int8_matmul_available, slow_int8_reason
 
     check_serving_precision(precision)
     blocker = ("it runs on CPU only" if device.type != "cpu" else
@@ -138,6 +139,11 @@ def serving_precision(precision: str, backbone: Backbone, device: torch.device, 
                f"torch {torch.__version__} has no CPU int8 matmul" if not int8_matmul_available() else None)
     if precision == "fp32":
         return "fp32", "requested"
+    if blocker is None and not int8_is_fast():
+        if precision == "auto":
+            return "fp32", f"auto: fp32 ({slow_int8_reason()})"
+        warnings.warn(f"--precision int8-checked will likely serve slower than fp32 here: {slow_int8_reason()}.",
+                      stacklevel=2)
     if blocker is None:
         return "int8-checked", "requested" if precision == "int8-checked" else \
             "auto: int8, close calls rechecked in fp32 (each prompt calibrated on its training language's dev set)"
