@@ -104,6 +104,7 @@ def test_classify_prompts_health(server, expected):
         assert health["status"] == "ok" and health["prompts"] == len(SERVED) and health["batches"] >= 1
         assert health["model_kind"] == "encoder" and health["settings"]["batching"] == "mixed"
         assert health["forward_passes"] >= health["batches"] and health["settings"]["max_padding"] == 0.1
+        assert health["precision"] == "fp32" and health["precision_why"] == "requested"
 
 
 def test_concurrent_clients_each_get_their_results(server, expected):

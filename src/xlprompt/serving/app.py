@@ -338,7 +338,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
                 "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "queued_texts": batcher.queued,
                 **stats, "mean_batch": stats["texts"] / stats["batches"] if stats["batches"] else 0.0,
                 "forward_passes": bank.forward_passes,  # batches split by length (--max-padding)
-                "precision": bank.precision, "rows": dict(bank.rows),  # int8-checked: int8 / rechecked / fp32 rows
+                "precision": bank.precision, "precision_why": bank.precision_why,
+                "rows": dict(bank.rows),  # int8-checked: int8 / rechecked / fp32 rows
                 "settings": {**settings.public(), "max_padding": bank.max_padding}}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
