@@ -352,7 +352,7 @@ def serve(
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
                   f"({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
-                  f"{bank.precision_why if bank.precision_why.startswith('auto: fp32') else bank.precision} · "
+                  f"{bank.precision_why if precision == 'auto' and bank.precision == 'fp32' else bank.precision} · "
                   f"http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler found before it: a no-op, so a

@@ -146,11 +146,9 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
         if device.type != "cpu":
             return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
         if CPU_AUTO != "fp32" and not trained_backbone and _quantization_available():
-            from .engine.int8_token import int8_is_fast, slow_int8_reason
+            from .engine.int8_token import auto_fp32_why, int8_is_fast
 
-            if int8_is_fast():
-                return CPU_AUTO, AUTO_INT8_WHY
-            return "fp32", f"auto: fp32 ({slow_int8_reason()})"
+            return (CPU_AUTO, AUTO_INT8_WHY) if int8_is_fast() else ("fp32", auto_fp32_why())
         return "fp32", AUTO_WHY
     if precision in ("bf16", "fp16") and device.type == "cpu":
         warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
@@ -164,11 +162,9 @@ def resolve_precision(precision: str, device: torch.device, trained_backbone: bo
         if not _quantization_available():
             raise XlpromptError(f"torch {torch.__version__} has neither a CPU int8 matmul nor torch.ao dynamic "
                                 "quantization: use --precision fp32.")
-        from .engine.int8_token import int8_is_fast, int8_matmul_available, slow_int8_reason
+        from .engine.int8_token import warn_if_int8_slow
 
-        if int8_matmul_available() and not int8_is_fast():
-            warnings.warn(f"--precision {precision} will likely be slower than fp32 here: {slow_int8_reason()}.",
-                          stacklevel=3)
+        warn_if_int8_slow(precision, stacklevel=3)
     return precision, "requested"
 
 

@@ -27,6 +27,7 @@ import functools
 import os
 import time
 import types
+import warnings
 
 import torch
 from torch import nn
@@ -40,12 +41,14 @@ def int8_matmul_available() -> bool:
         return False
     try:
         torch._int_mm(torch.ones(MIN_ROWS, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # this build has no CPU kernel for it: int8 uses torch.ao
         return False
     return True
 
 
-FAST_ENOUGH = 1.5  # int8 matmul speed / fp32's from which int8 pays for its quantize, rescale and rechecks
+# int8 matmul speed / fp32's below which auto stays fp32. The CPUs seen are far from it on either side:
+# 0.02-0.06x without integer kernels; with AVX-512 VNNI the whole int8 pass ran 2.2x fp32.
+FAST_ENOUGH = 1.5
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,8 +90,22 @@ def int8_is_fast() -> bool:
 
 
 def slow_int8_reason() -> str:
+    if not int8_matmul_available():
+        return f"torch {torch.__version__} has no CPU int8 matmul"
     return (f"this CPU's int8 matmul measured {int8_speedup():.2f}x fp32's speed (PyTorch has integer kernels "
             "for AVX-512 VNNI, AVX-VNNI and AMX CPUs only)")
+
+
+def auto_fp32_why() -> str:
+    """What auto says when it stays fp32 because int8 is not fast here."""
+    return f"auto: fp32 ({slow_int8_reason()})"
+
+
+def warn_if_int8_slow(precision: str, stacklevel: int) -> None:
+    """An int8 precision asked for by name still runs where int8 is slow, with this warning."""
+    if int8_matmul_available() and not int8_is_fast():
+        warnings.warn(f"--precision {precision} will likely be slower than fp32 here: {slow_int8_reason()}.",
+                      stacklevel=stacklevel + 1)
 
 
 def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

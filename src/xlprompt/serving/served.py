@@ -3,7 +3,6 @@ precision rule, and the prediction a row becomes. `multi.PromptBank` holds the l
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def check_serving_precision(precision: str) -> str:
 def serving_precision(precision: str, backbone: Backbone, device: torch.device, engine: str) -> tuple[str, str]:
     """(precision used, why). auto is int8-checked where evaluation's auto is (a CPU, the PyTorch engine, an
     fp32 backbone), else fp32; an explicit int8-checked that cannot run here is an error."""
-    from ..engine.int8_token import int8_is_fast, int8_matmul_available, slow_int8_reason
+    from ..engine.int8_token import auto_fp32_why, int8_is_fast, int8_matmul_available, warn_if_int8_slow
 
     check_serving_precision(precision)
     blocker = ("it runs on CPU only" if device.type != "cpu" else
@@ -139,12 +138,10 @@ def serving_precision(precision: str, backbone: Backbone, device: torch.device, 
                f"torch {torch.__version__} has no CPU int8 matmul" if not int8_matmul_available() else None)
     if precision == "fp32":
         return "fp32", "requested"
-    if blocker is None and not int8_is_fast():
-        if precision == "auto":
-            return "fp32", f"auto: fp32 ({slow_int8_reason()})"
-        warnings.warn(f"--precision int8-checked will likely serve slower than fp32 here: {slow_int8_reason()}.",
-                      stacklevel=2)
     if blocker is None:
+        if precision == "auto" and not int8_is_fast():
+            return "fp32", auto_fp32_why()
+        warn_if_int8_slow(precision, stacklevel=2)
         return "int8-checked", "requested" if precision == "int8-checked" else \
             "auto: int8, close calls rechecked in fp32 (each prompt calibrated on its training language's dev set)"
     if precision == "int8-checked":
