@@ -52,31 +52,52 @@ def test_auto_is_int8_checked_on_cpu_and_each_prompt_is_calibrated(tiny_model_di
     assert all(type(m).__name__ != "TokenInt8Linear" for m in bank.backbone.modules())
 
 
+# A rechecked row runs again in fp32 in a batch of the close calls only, so its batch (row count, padded
+# width) differs from a full fp32 pass. oneDNN picks fp32 kernels by shape: on an AMX Sapphire Rapids one
+# logit differed by 6e-8 from the full pass (issue 26); on AVX2 and AVX-512 VNNI CPUs they were bit-equal.
+# So "from fp32" means within float rounding of a full fp32 pass, on every CPU kind:
+FP32_ROUNDING = 1e-5
+# int8 moves these logits by far more than that (>= 1e-3 for every row checked below), which is what lets
+# a test tell an fp32 row from an int8 one.
+
+
+def assert_from(row, want, other):
+    """`row` is `want` up to float rounding, and not `other` (where the two differ by more than rounding)."""
+    np.testing.assert_allclose(row, want, rtol=0, atol=FP32_ROUNDING)
+    if np.abs(want - other).max() > 100 * FP32_ROUNDING:
+        assert np.abs(row - other).max() > 10 * FP32_ROUNDING
+
+
 def test_rows_follow_their_threshold(tiny_model_dir, folders):
     names, texts = mixed_rows()
     fp32 = logits(bank_of(tiny_model_dir, folders, "fp32").classify(names, texts))
     bank = bank_of(tiny_model_dir, folders, "int8-checked")
-    for entry in bank.runs():  # every row is a close call: all of them again in fp32, the same as fp32
-        entry.recheck_threshold = float("inf")
-    for a, b in zip(logits(bank.classify(names, texts)), fp32):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    assert bank.rows == {"int8": len(names), "rechecked": len(names), "fp32": 0}
-
     for entry in bank.runs():  # no close calls: every row keeps its int8 result, near fp32 but not equal
         entry.recheck_threshold = 0.0
     int8 = logits(bank.classify(names, texts))
-    assert max(np.abs(a - b).max() for a, b in zip(int8, fp32)) > 0
+    assert min(np.abs(a - b).max() for a, b in zip(int8, fp32)) > 100 * FP32_ROUNDING
     for a, b in zip(int8, fp32):
         np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * max(1.0, np.abs(b).max()))
 
-    # a threshold between the rows' int8 margins: exactly the rows below it come from fp32
+    for entry in bank.runs():  # every row is a close call: all of them again in fp32, the same as fp32
+        entry.recheck_threshold = float("inf")
+    for a, b, c in zip(logits(bank.classify(names, texts)), fp32, int8):
+        assert_from(a, b, c)
+    assert bank.rows == {"int8": 2 * len(names), "rechecked": len(names), "fp32": 0}
+
+    # a threshold between the rows' int8 margins: exactly the rows below it come from fp32; the others keep
+    # the int8 pass's result, which runs the same batches as above and so gives the same bits
     margins = np.array([np.sort(row)[-1] - np.sort(row)[-2] for row in int8])
     cut = float(np.median(margins))
     for entry in bank.runs():
         entry.recheck_threshold = cut
     mixed = logits(bank.classify(names, texts))
+    assert 0 < (margins < cut).sum() < len(names)
     for row, margin, a, b in zip(mixed, margins, int8, fp32):
-        np.testing.assert_array_equal(row, b if margin < cut else a)
+        if margin < cut:
+            assert_from(row, b, a)
+        else:
+            np.testing.assert_array_equal(row, a)
 
 
 def test_a_prompt_without_dev_data_is_served_in_fp32(tiny_model_dir, folders, tmp_path, caplog):
@@ -106,8 +127,8 @@ def test_a_prompt_without_dev_data_is_served_in_fp32(tiny_model_dir, folders, tm
     before = dict(bank.rows)
     got, want = logits(bank.classify(names, texts)), logits(fp32_bank.classify(names, texts))
     for name, a, b in zip(names, got, want):
-        if name == "nodev":
-            np.testing.assert_array_equal(a, b)
+        if name == "nodev":  # fp32 in a batch of its own rows: float rounding of the mixed fp32 pass
+            np.testing.assert_allclose(a, b, rtol=0, atol=FP32_ROUNDING)
     assert bank.rows["fp32"] - before["fp32"] == 4 and bank.rows["int8"] - before["int8"] == 4
 
 
