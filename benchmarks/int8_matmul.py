@@ -11,7 +11,8 @@ For each shape (in x out), best of `--repeats` after a warm-up, in the same proc
 - fbgemm: `torch.ao` dynamic int8 (FBGEMM, AVX2 kernels; 7-bit activations on x86) on rows divided by their
   own max |x| first, so it is per-token too; not used by xlprompt, measured as a possible AVX2 path.
 Each int8 row also gives its mean relative error against fp32 (max |y - y_fp32| / max |y_fp32| per row)
-and `int8_token.int8_speedup()`, the number `--precision auto` decides by.
+and the execution plan's measurement on this machine (`xlprompt.execution.machine_speeds`: one layer in
+fp32, bf16 and int8), the numbers `--precision auto` decides by.
 """
 from __future__ import annotations
 
@@ -59,10 +60,13 @@ def main() -> None:
     ap.add_argument("--slow", action="store_true", help="time int_mm even where it is a plain loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from xlprompt.engine.int8_token import FAST_ENOUGH, TokenInt8Linear, int8_speedup
+    from xlprompt.engine.int8_token import TokenInt8Linear
+    from xlprompt.execution import machine_speeds
 
-    speedup = int8_speedup()
-    print(f"int8_speedup() = {speedup:.2f}x (auto uses int8-checked from {FAST_ENOUGH}x) · "
+    measured = machine_speeds()
+    speedup = measured["speedup"].get("int8") or 0.0
+    print(f"one layer vs fp32 ({measured['kind']} CPU, {measured['source']}): "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in measured["speedup"].items() if v) + " · "
           f"torch {torch.__version__} · CPU capability {torch.backends.cpu.get_cpu_capability()} · "
           f"{args.threads} thread(s), {args.rows} rows")
     print(f"{'shape':>11} | {'kernel':>7} | {'ms':>8} | {'GOP/s':>7} | {'vs fp32':>7} | {'rel err':>7}")

@@ -214,9 +214,9 @@ def main() -> None:
     args.seconds = args.seconds or (20.0 if args.quick else 120.0)
     counts = [int(c) for c in args.prompts.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from xlprompt.engine.int8_token import int8_is_fast, slow_int8_reason
+    from xlprompt.execution.plan import slow_int8_reason
 
-    if "int8-checked" in args.precisions.split(",") and not int8_is_fast():
+    if "int8-checked" in args.precisions.split(",") and slow_int8_reason():
         raise SystemExit(f"int8-checked would take minutes per prompt to calibrate here, and serve slower than fp32: "
                          f"{slow_int8_reason()}. Measure with --precisions fp32, or on a CPU with those kernels.")
 

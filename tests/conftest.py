@@ -132,6 +132,21 @@ def _env_folder_in_tmp(name: str, tmp_path_factory, label: str):
         os.environ[name] = old
 
 
+@pytest.fixture(autouse=True)
+def _an_avx2_machine(monkeypatch):
+    """Every test sees the same CPU kind, whatever runs it: an AVX2-only one, where auto is fp32 throughout
+    (tests/machines.py). A test about another kind calls `use_machine` itself."""
+    from machines import use_machine
+
+    use_machine(monkeypatch, "avx2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_cache_in_tmp(tmp_path_factory):
+    """Measurements a test makes for real (test_plan.py) go to a temporary folder, not the user's cache."""
+    yield from _env_folder_in_tmp("XLPROMPT_MACHINE_CACHE", tmp_path_factory, "machine-cache")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _token_cache_in_tmp(tmp_path_factory):
     """Evaluation caches tokenized datasets on disk: keep the tests' entries out of the user's cache."""

@@ -199,10 +199,12 @@ def test_thread_setting_is_restored():
 
 
 # ------------------------------------------------------------------------------------------- precision
-def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_dir, toy_task):
+def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_dir, toy_task, monkeypatch):
     from torch import nn
 
-    from xlprompt.inference import precision_context, resolve_precision
+    from machines import fake_gpu
+    from xlprompt.execution import resolve
+    from xlprompt.inference import precision_context
 
     run = fit(toy_config(tiny_model_dir("bert"), method=InputPromptConfig(length=3)), progress=False)
     model = run.model
@@ -214,31 +216,34 @@ def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_di
         assert model.method.embedding.dtype == torch.float32
     assert [m for m in model.backbone.body.modules() if type(m) is nn.Linear] == linears
     assert all(torch.equal(head_before[k], v) for k, v in model.head.state_dict().items())
-    assert resolve_precision("int8", torch.device("cpu"), trained_backbone=False)[0] == "int8"
+    with pytest.warns(UserWarning, match="slower than fp32 here"):  # the faked AVX2 CPU: int8 is a loop
+        assert resolve("cpu", precision="int8").precision == "int8"
     with pytest.raises(XlpromptError, match="never quantizes"):
-        resolve_precision("int8", torch.device("cpu"), trained_backbone=True)
-    with pytest.raises(XlpromptError, match="CPU only"):
-        resolve_precision("int8", torch.device("cuda"), trained_backbone=False)
-    assert resolve_precision("auto", torch.device("cuda"), trained_backbone=False)[0] == "fp32"
-    results = evaluate(run, "all", progress=False, precision="int8", threads=1)
+        resolve("cpu", precision="int8", trains_backbone=True)
+    with pytest.warns(UserWarning):
+        results = evaluate(run, "all", progress=False, precision="int8", threads=1)
     assert results["speed"]["precision"]["used"] == "int8"
+    fake_gpu(monkeypatch)
+    with pytest.raises(XlpromptError, match="CPU only"):
+        resolve("cuda", precision="int8")
+    assert resolve("cuda").precision == "fp32"
 
 
 def test_auto_is_int8_checked_only_where_int8_is_fast(monkeypatch):
+    from machines import use_machine
     from xlprompt.engine import int8_token
-    from xlprompt.inference import resolve_precision
+    from xlprompt.execution import resolve
 
     if not int8_token.int8_matmul_available():
         pytest.skip("torch has no CPU int8 matmul")
-    assert int8_token.int8_speedup() > 0  # measured on this machine: either side of the line is possible
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 3.0)  # AVX-512 VNNI / AMX: oneDNN's kernels
-    assert resolve_precision("auto", cpu, trained_backbone=False)[0] == "int8-checked"
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 0.04)  # AVX2 only: a plain loop
-    used, why = resolve_precision("auto", cpu, trained_backbone=False)
-    assert used == "fp32" and "int8 matmul measured 0.04x fp32" in why
+    use_machine(monkeypatch, "vnni")  # AVX-512 VNNI without bf16: oneDNN's integer kernels
+    plan = resolve("cpu")
+    assert (plan.dtype, plan.precision) == (torch.float32, "int8-checked")
+    use_machine(monkeypatch, "avx2")  # AVX2 only: a plain loop
+    plan = resolve("cpu")
+    assert plan.precision == "fp32" and "int8-checked 0.04x" in plan.why("precision")
     with pytest.warns(UserWarning, match="slower than fp32 here"):  # asked for: done, with a warning
-        assert resolve_precision("int8-checked", cpu, trained_backbone=False)[0] == "int8-checked"
+        assert resolve("cpu", precision="int8-checked").precision == "int8-checked"
 
 
 @pytest.mark.slow
@@ -249,12 +254,13 @@ def test_int8_against_fp32_on_the_offline_default(monkeypatch):
     from the very same predictions, so it is checked exactly, not within a band."""
     from xlprompt.collate import encode_texts
     from xlprompt.evaluation import predict_encoded
-    from xlprompt.inference import precision_context, resolve_precision
-    from xlprompt.engine import int8_token
+    from machines import real_speedup, use_machine
+    from xlprompt.execution import resolve
+    from xlprompt.inference import precision_context
     from xlprompt.tasks import get_task
 
-    if not int8_token.int8_is_fast():  # minutes of a plain-loop matmul; the tiny-model tests cover the mechanics
-        pytest.skip(f"int8 on the real model is not run where it is slow: {int8_token.slow_int8_reason()}")
+    if real_speedup("int8") < 1.0:  # minutes of a plain-loop matmul; the tiny-model tests cover the mechanics
+        pytest.skip(f"int8 on the real model is not run where it is slow ({real_speedup('int8'):.2f}x fp32 here)")
     torch.manual_seed(0)
     run = fit(TrainConfig(method=InputPromptConfig(length=10), shots=8, epochs=2, seed=0), progress=False)
     sib = get_task("sib200")
@@ -279,8 +285,8 @@ def test_int8_against_fp32_on_the_offline_default(monkeypatch):
     assert agreement >= 0.8  # measured 0.853 (accuracy 0.4706 -> 0.4346) when this test was written
     # `auto` on CPU is int8-checked (it passed the 205-language guard, plain int8 did not; benchmarks/README.md),
     # and below 2,000 rows it runs fp32: these 612 sentences get exactly fp32's accuracy
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 3.0)  # as on a CPU with integer matmul kernels
-    assert resolve_precision("auto", torch.device("cpu"), trained_backbone=False)[0] == "int8-checked"
+    use_machine(monkeypatch, "vnni")  # as on a CPU with integer matmul kernels and no bf16
+    assert resolve("cpu").precision == "int8-checked"
     auto = evaluate(run, "eng_Latn,deu_Latn,zho_Hans", progress=False, threads=1)
     assert auto["speed"]["precision"]["used"] == "fp32"
     assert auto["mean"]["accuracy"] == pytest.approx(fp32_acc, abs=1e-9)

@@ -104,6 +104,8 @@ def test_calibration_is_kept_on_disk_and_keyed_by_the_prompt(trained, monkeypatc
 
 def test_run_predict_uses_int8_checked_from_min_rows(trained, monkeypatch):
     import xlprompt.evaluation as ev
+    from machines import use_machine
+    from xlprompt.engine import checked
     from xlprompt.tasks import get_task
 
     texts = get_task("toy").load("test", "deu_Latn")["text"].tolist()
@@ -112,10 +114,9 @@ def test_run_predict_uses_int8_checked_from_min_rows(trained, monkeypatch):
     real = ev.int8_checked_outputs
     monkeypatch.setattr(ev, "int8_checked_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert trained.predict(texts) == fp32 and not calls  # 40 texts: below MIN_ROWS, fp32
-    monkeypatch.setattr(ev, "MIN_ROWS", 1)
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 0.04)  # auto where int8 is slow: fp32 still
-    assert trained.predict(texts) == fp32 and not calls
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 3.0)  # where it is fast: int8-checked
+    monkeypatch.setattr(checked, "MIN_ROWS", 1)
+    assert trained.predict(texts) == fp32 and not calls  # auto on the faked AVX2 CPU, where int8 is slow: fp32
+    use_machine(monkeypatch, "vnni")  # where it is fast and bf16 is not native: int8-checked
     checked_labels = trained.predict(texts)
     assert calls and len(checked_labels) == len(texts)
     # each label is int8's where its margin is wide, fp32's where it was rechecked: here they agree

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
+from machines import use_machine
 from serving_runs import TEXTS, register_toy3, train_run, train_runs
-from xlprompt.engine import int8_token
 from xlprompt.engine.int8_token import int8_matmul_available
 from xlprompt.errors import XlpromptError
 from xlprompt.models.backbone import Backbone
@@ -42,7 +42,7 @@ def logits(predictions):
 
 
 def test_auto_is_int8_checked_on_cpu_and_each_prompt_is_calibrated(tiny_model_dir, folders, monkeypatch):
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 3.0)  # a CPU with integer matmul kernels
+    use_machine(monkeypatch, "vnni")  # a CPU with integer matmul kernels and no native bf16
     bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))))
     assert bank.precision == "int8-checked" and "auto" in bank.precision_why
     for name in NAMES:
@@ -145,10 +145,10 @@ def test_precision_choice(tiny_model_dir):
 
 def test_auto_serves_fp32_where_int8_is_slow(tiny_model_dir, monkeypatch):
     """An AVX2-only CPU: PyTorch's int8 matmul is a plain loop there (measured 0.04x fp32 on an AMD EPYC)."""
-    monkeypatch.setattr(int8_token, "int8_speedup", lambda: 0.04)
+    use_machine(monkeypatch, "avx2")
     backbone = Backbone.load(str(tiny_model_dir("xlm-roberta")))
     used, why = serving_precision("auto", backbone, backbone.device, "torch")
-    assert used == "fp32" and "int8 matmul measured 0.04x fp32" in why
+    assert used == "fp32" and "int8-checked 0.04x" in why
     with pytest.warns(UserWarning, match="slower than fp32 here"):
         assert serving_precision("int8-checked", backbone, backbone.device, "torch")[0] == "int8-checked"
     assert PromptBank(backbone).precision == "fp32"

@@ -66,11 +66,12 @@ def train(
     """Train a prompt (and head) on one language; write the run folder. Under torchrun: data parallel."""
     from .config import TrainConfig
     from .distributed import main_process
+    from .models.classifier import plan_for_config
     from .prompts.config import method_config
     from .train import fit
 
     _refuse_existing_run(out, overwrite)
-    execution = _execution(device, dtype)
+    _execution(device, dtype)  # a device this machine lacks fails before the data is read
     custom = None
     if text_column:
         if task not in ("sib200", "custom"):
@@ -91,7 +92,8 @@ def train(
         label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
         data_dir=None if custom else _data_dir(data_dir), custom=custom,
     )
-    run = fit(config, gradient_checkpointing=gradient_checkpointing, **execution)
+    plan = plan_for_config(config, device=device, dtype=dtype, purpose="train")
+    run = fit(config, gradient_checkpointing=gradient_checkpointing, plan=plan)
     if not main_process():  # torchrun: rank 0 writes the run
         return
     run.save(out)
@@ -146,9 +148,10 @@ def evaluate(
     threads: str = typer.Option("auto", help="torch threads: auto (measured on the first batches, re-checked) "
                                 "or a number."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8 | int8-checked (CPU, frozen backbone only: "
-                                  "int8, close calls rechecked in fp32) | bf16 | fp16 (autocast, for GPUs). auto = "
-                                  "int8-checked on CPU for 2,000+ rows of sentence classification where int8 is fast "
-                                  "(measured at start), else fp32 (see benchmarks/README.md)."),
+                                  "int8, close calls rechecked in fp32) | bf16 | fp16 (autocast). auto: on CPU the "
+                                  "fastest recipe measured on this machine that passed the accuracy guard (bf16 "
+                                  "weights, int8-checked for 2,000+ rows of sentence classification, or fp32); "
+                                  "`xlprompt plan` shows the choice and why."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "
@@ -157,13 +160,17 @@ def evaluate(
     """Zero-shot evaluation of a run on many languages."""
     from .evaluation import check_sort, results_table, scoring_task, write_results
     from .evaluation import evaluate as _evaluate
+    from .models.classifier import plan_for_config
     from .run import Run
 
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
-    run = Run.load(run_dir, **_execution(device, dtype))
+    token_cache = speed.pop("token_cache")
+    plan = plan_for_config(Run.read_config(run_dir), device=device, dtype=dtype, purpose="evaluate", **speed)
+    run = Run.load(run_dir, plan=plan)
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
-    results = _evaluate(run, langs, task=task, split=split, data_dir=data, **speed)
+    results = _evaluate(run, langs, task=task, split=split, data_dir=data, plan=plan, token_cache=token_cache,
+                        precision=precision, engine=engine)
     target = out or (run_dir / "results.json")
     write_results(results, target)  # before anything that could fail: an evaluation can take an hour
     console.print(results_table(results, sort_by=sort))
@@ -190,9 +197,7 @@ def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engi
         raise XlpromptError(f"--precision takes one of {', '.join(PRECISIONS)}, got {precision!r}.")
     out = {"batch_size": batch_size, "token_cache": token_cache,
            "threads": threads if threads == "auto" else int(threads), "precision": precision,
-           "engine": check_engine(engine)}
-    if max_tokens is not None:
-        out["max_tokens"] = max_tokens or None
+           "engine": check_engine(engine), "max_tokens": "auto" if max_tokens is None else (max_tokens or None)}
     return out
 
 
@@ -352,13 +357,53 @@ def serve(
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
                   f"({', '.join(runs) or 'none yet'}) in "
                   f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
-                  f"{bank.precision_why if precision == 'auto' and bank.precision == 'fp32' else bank.precision} · "
+                  f"{str(bank.backbone.dtype).replace('torch.', '')} weights · precision {bank.precision}"
+                  f"{' (' + bank.precision_why + ')' if precision == 'auto' else ''} · "
                   f"http://{host}:{port}",
                   highlight=False, soft_wrap=True)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler found before it: a no-op, so a
     # drained shutdown exits 0
     signal.signal(signal.SIGTERM, lambda *_: None)
     make_server(bank, settings, host, port, log_level).run()
+
+
+@app.command("plan")
+@friendly
+def plan_command(
+    model: str = typer.Option("multilingual-e5-small", help="The model whose layer shape is measured."),
+    purpose: str = typer.Option("evaluate", help="evaluate | train | serve | sweep."),
+    trains_backbone: bool = typer.Option(False, "--trains-backbone", help="A run that trains the model's weights."),
+    precision: str = typer.Option("auto", help="As `xlprompt evaluate --precision`."),
+    engine: str = typer.Option("auto", help="As `xlprompt evaluate --engine`."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+):
+    """How runs execute on this machine, and why: the execution plan that train/evaluate/serve resolve."""
+    import json
+
+    from .engine import check_engine
+    from .execution import resolve
+    from .execution.plan import PURPOSES
+    from .models.backbone import layer_shape
+
+    if purpose not in PURPOSES:
+        raise XlpromptError(f"--purpose takes one of {', '.join(PURPOSES)}, got {purpose!r}.")
+    plan = resolve(device, dtype, precision, check_engine(engine), purpose=purpose, trains_backbone=trains_backbone,
+                   shape=layer_shape(model))
+    if json_out:
+        console.print_json(json.dumps(plan.to_dict()))
+        return
+    console.print(plan.describe(), highlight=False, soft_wrap=True)
+    if plan.measured:
+        m = plan.measured
+        console.print(f"machine    {m['identity']['model']} · {m['kind']} · flags {' '.join(m['identity']['flags'])} "
+                      f"· {m['identity']['cores']} cores · torch {m['identity']['torch']} · one layer "
+                      f"{m['shape']['hidden']}x{m['shape']['intermediate']}, {m['rows']}x{m['width']} tokens, "
+                      f"{m['threads']} threads: "
+                      + ", ".join(f"{k} {1000 * v:.1f} ms ({m['speedup'][k]:.2f}x)"
+                                  for k, v in m["median_seconds"].items())
+                      + f" ({m['source']})", highlight=False, soft_wrap=True)
 
 
 def main():  # pragma: no cover - console entry point alias

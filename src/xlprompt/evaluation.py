@@ -6,10 +6,9 @@ Speed (see benchmarks/README.md for the measurements behind each default):
   ones); `batch_size` adds a cap on rows (`batch_size=64, max_tokens=None` is the old fixed policy);
 - `token_cache`: each dataset is tokenized once per tokenizer/task/max_length/data and reused (token_cache.py);
 - `threads`: "auto" measures 1 vs more torch threads on real batches (inference.py);
-- `precision`: "auto" = int8-checked on CPU for a frozen backbone (int8, close calls rechecked in fp32;
-  it passed the 205-language accuracy guard; inference.CPU_AUTO), fp32 for fewer than 2,000 rows, for
-  tagging/QA, on a GPU and on a CPU whose int8 matmul is not fast (int8_token.int8_speedup);
-- `engine`: torch | onnx (ONNX Runtime runs the frozen backbone, engine/) | auto (engine.AUTO_ENGINE).
+- `precision`, `engine`, `dtype`, `device`: resolved once into an execution plan (execution/plan.py), which
+  picks on CPU, by measurement on the machine, the fastest recipe that passed the 205-language accuracy
+  guard (fp32, bf16 weights, int8-checked); int8-checked only for 2,000+ rows of sentence classification.
 """
 from __future__ import annotations
 
@@ -24,9 +23,7 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
-from .device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, device_info, reset_peak_memory, resolve_device,
-                     to_device)
-from .engine.checked import MIN_ROWS
+from .device import CPU_MAX_TOKENS, device_info, reset_peak_memory, to_device
 from .errors import XlpromptError
 from .features import feature_cache_for, head_outputs, uses_features
 from .models.heads import head_loss
@@ -106,23 +103,21 @@ def predict_encoded(model, encoded: Encoded, batch_size: int | None = 64, **kwar
 
 
 def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: int = 64,
-            engine: str = "auto", precision: str = "fp32", run=None) -> np.ndarray:
-    """Predicted label indices for raw texts; `engine` and `precision` as in `evaluate`. int8-checked
-    needs the `run` (its training language's dev set calibrates the threshold) and, as in `evaluate`,
-    sentence classification on the torch engine and at least MIN_ROWS texts; otherwise fp32."""
-    from .engine import onnx_backbone, resolve_engine
-    from .inference import resolve_precision
+            engine: str = "auto", precision: str = "fp32", run=None, plan=None) -> np.ndarray:
+    """Predicted label indices for raw texts; `engine` and `precision` as in `evaluate` (or a resolved
+    `plan`, execution/plan.py). int8-checked needs the `run` (its training language's dev set calibrates
+    the threshold) and, as in `evaluate`, sentence classification and at least MIN_ROWS texts."""
+    from .engine import onnx_backbone
 
     enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
-    frozen = not any(p.requires_grad for p in model.backbone.parameters())
-    device = _device(model)
-    used, _ = resolve_engine(engine, model.backbone, device, "fp32", trained_backbone=not frozen)
-    if used == "onnx":
+    plan = plan or model_plan(model, engine=engine, precision=precision)
+    if plan.engine == "onnx":
         with onnx_backbone(model, "fp32"):
             return predict_encoded(model, enc, batch_size).argmax(-1)
-    wanted, _ = resolve_precision(precision, device, trained_backbone=not frozen)
     task = get_task_for(run.config) if run is not None else None
-    if wanted == "int8-checked" and task is not None and int8_checked_applies(used, task, len(enc)):
+    if task is not None:
+        plan = plan.for_rows(task.head, len(enc))
+    if plan.precision == "int8-checked" and task is not None:
         try:
             outputs, _ = int8_checked_outputs(run, task, enc, batch_size, DEFAULT_MAX_TOKENS, None,
                                               run.config.data_dir, progress=False, tuner=None, stats={},
@@ -131,19 +126,37 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
         except (XlpromptError, OSError) as exc:  # no dev set here to calibrate on: fp32, said once
             from .engine import notice
             notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
-    return predict_encoded(model, enc, batch_size).argmax(-1)
+    from .inference import precision_context
+
+    with precision_context("fp32" if plan.precision == "int8-checked" else plan.precision, model, plan.device):
+        return predict_encoded(model, enc, batch_size).argmax(-1)
 
 
-def int8_checked_applies(engine: str, task, rows: int) -> bool:
-    """int8-checked rechecks sentence classification on the torch engine, from MIN_ROWS rows on (below,
-    calibrating costs more than int8 saves)."""
-    return engine == "torch" and task.head == "classification" and rows >= MIN_ROWS
+def model_plan(model, *, device=None, dtype=None, precision: str = "auto", engine: str = "auto", threads="auto",
+               max_tokens="auto", batch_size: int | None = None):
+    """The execution plan for a loaded model: on its device and weights unless `device`/`dtype` say
+    otherwise (then `apply_plan` moves it)."""
+    from .execution import resolve
+
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    return resolve(device if device is not None else _device(model), dtype, precision, engine, threads, max_tokens,
+                   batch_size, backbone=model.backbone, trains_backbone=not frozen)
+
+
+def apply_plan(model, plan) -> None:
+    """Put the model where the plan says: its device, and a frozen backbone in the plan's dtype (a trained
+    backbone keeps its fp32 weights and runs under autocast)."""
+    if _device(model) != plan.device:
+        model.to(plan.device)
+    if not plan.trains_backbone and model.backbone.dtype != plan.dtype:
+        model.backbone.to(plan.dtype)
 
 
 def evaluate(run, languages="all", *, task: str | None = None, split: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None,
              max_tokens: int | None | str = "auto", token_cache=True, threads="auto", precision: str = "auto",
-             progress: bool = True, device=None, engine: str = "auto", features: bool = True) -> dict:
+             progress: bool = True, device=None, engine: str = "auto", features: bool = True, dtype=None,
+             plan=None) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -153,14 +166,15 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     `token_cache`: True (xlprompt's cache folder), a folder, or False; `threads`: "auto", an int, or
     None (leave torch's setting); `precision`: auto | fp32 | int8 | bf16 | fp16; `engine`: auto | torch |
     onnx. `results["speed"]` says what was used and where the time went.
-    `device`: move the run's model there first (device.py; default: where it is). On a GPU, "auto"
-    budgets are GPU-sized (device.GPU_MAX_TOKENS) and threads are left alone (the probe is for CPUs).
+    `device`/`dtype`: move the run's model there and cast its frozen backbone first (default: where it is,
+    as loaded). `plan`: an ExecutionPlan (execution/plan.py) instead of all of these settings. On a GPU,
+    "auto" budgets are GPU-sized and threads are left alone (the probe is for CPUs).
     `features`: a head-only run at fp32 reads the frozen backbone's pooled features through their cache
     (features.py), so runs on the same backbone and data share one forward pass; False runs the model as
     for every other run (same numbers up to float rounding).
     """
-    from .engine import engine_precision, onnx_backbone, resolve_engine
-    from .inference import precision_context, resolve_precision, thread_setting
+    from .engine import onnx_backbone
+    from .inference import precision_context, thread_setting
     from .token_cache import default_token_cache
 
     started = time.perf_counter()
@@ -177,20 +191,12 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
                       task.encode(tokenizer, frames[code], config.max_length)) for code in codes}
     pooled = Encoded.concat([encoded[c] for c in codes])
     tokenized = time.perf_counter()
-    if device is not None:
-        run.model.to(resolve_device(device))
-    device = _device(run.model)
-    if max_tokens == "auto":
-        max_tokens = CPU_MAX_TOKENS if device.type == "cpu" else GPU_MAX_TOKENS
-    if threads == "auto" and device.type != "cpu":
-        threads = None
-    used, why = resolve_precision(precision, device, trained_backbone=not config.freeze_model)
-    engine_used, engine_why = resolve_engine(engine, run.model.backbone, device, used,
-                                             trained_backbone=not config.freeze_model)
-    used = engine_precision(engine_used, precision, used)
-    if used == "int8-checked" and not int8_checked_applies(engine_used, task, len(pooled)):
-        used, why = "fp32", (f"{why}; fp32 instead: int8-checked rechecks sentence classification on the torch "
-                             f"engine, for at least {MIN_ROWS:,} rows")
+    plan = plan or model_plan(run.model, device=device, dtype=dtype, precision=precision, engine=engine,
+                              threads=threads, max_tokens=max_tokens, batch_size=batch_size)
+    apply_plan(run.model, plan)
+    plan = plan.for_rows(task.head, len(pooled))
+    device, used, engine_used = plan.device, plan.precision, plan.engine
+    threads, max_tokens, batch_size = plan.threads, plan.max_tokens, plan.batch_size
     check_info = None
     backbone_setting = (onnx_backbone(run.model, used) if engine_used == "onnx"
                         else precision_context("fp32" if used == "int8-checked" else used, run.model, device))
@@ -229,9 +235,10 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "batches": stats["batches"],
         "tokens_per_second": stats["tokens"] / max(stats["forward"], 1e-9),
         "batching": {"max_tokens": max_tokens, "batch_size": batch_size},
-        "threads": threads_used, "precision": {"used": used, "requested": precision, "why": why,
+        "threads": threads_used, "precision": {"used": used, "requested": precision, "why": plan.why("precision"),
                                                **({"recheck": check_info} if check_info else {})},
-        "engine": {"used": engine_used, "requested": engine, "why": engine_why, **(engine_info or {})},
+        "engine": {"used": engine_used, "requested": engine, "why": plan.why("engine"), **(engine_info or {})},
+        "plan": plan.to_dict(),
         "token_cache": ({"root": str(cache.root) if cache.root else None, **cache.stats} if cache else None),
         **device_info(device, run.model.autocast_dtype or run.model.backbone.dtype),
         "feature_cache": ({"root": str(feature_cache.root) if feature_cache.root else None, **feature_cache.stats}

@@ -7,16 +7,14 @@ up to 20x), while on idle cores 2 threads are faster. No static rule gets both c
 torch's default), keeps the fastest in padded tokens/s, and probes again later because the other jobs come and go. The
 interval between probes doubles each time the same count wins, so a slow candidate costs little.
 
-Precision. int8 swaps the frozen backbone's `nn.Linear` layers for int8 copies for the duration of an
-evaluation and restores them afterwards: `engine/int8_token.py`'s layers (one activation scale per token,
-`torch._int_mm`) where torch has a CPU int8 matmul, else `torch.ao`'s dynamic ones (one activation scale
-per tensor, which lost 3.6 points over SIB-200's 205 languages; per token lost 0.06 on an 8-language
-sample but 2.94 on one language of the guard, benchmarks/README.md). `int8-checked`, the CPU default,
-runs every row in per-token int8 and the close calls again in fp32 (engine/checked.py); "auto" picks it
-only where int8 is fast: on CPUs without integer matmul kernels in PyTorch (AVX2 only) int8 measured 25-60x
-slower than fp32, so auto stays fp32 there (`int8_token.int8_speedup`, measured once per process). The
-prompt, the head and a trained backbone are never quantized. bf16/fp16 use `torch.autocast` and are meant
-for GPUs: on this CPU, bf16 autocast measured slower than fp32.
+Precision (which one "auto" is, is decided by the execution plan, execution/plan.py). int8 swaps the
+frozen backbone's `nn.Linear` layers for int8 copies for the duration of an evaluation and restores them
+afterwards: `engine/int8_token.py`'s layers (one activation scale per token, `torch._int_mm`) where torch
+has a CPU int8 matmul, else `torch.ao`'s dynamic ones (one activation scale per tensor, which lost 3.6
+points over SIB-200's 205 languages; per token lost 0.06 on an 8-language sample but 2.94 on one language
+of the guard, benchmarks/README.md). `int8-checked` runs every row in per-token int8 and the close calls
+again in fp32 (engine/checked.py). The prompt, the head and a trained backbone are never quantized.
+bf16/fp16 use `torch.autocast`.
 """
 from __future__ import annotations
 
@@ -31,14 +29,6 @@ from torch import nn
 from .errors import XlpromptError
 
 PRECISIONS = ("auto", "fp32", "int8", "int8-checked", "bf16", "fp16")
-# What "auto" means on CPU for a frozen backbone: int8 with the close calls rechecked in fp32
-# (engine/checked.py). It passed the accuracy guard over all 205 SIB-200 languages (mean +0.02 points, worst
-# -1.96, at 2.06x fp32's tokens/s on 2 quiet cores; benchmarks/README.md); plain int8 did not.
-CPU_AUTO = "int8-checked"
-AUTO_INT8_WHY = ("auto: int8 for the frozen backbone's Linear layers (one activation scale per token), close calls "
-                 "rechecked in fp32")
-AUTO_WHY = ("auto: fp32 (int8 has not passed the 205-language accuracy guard; pass --precision int8 to trade "
-            "accuracy for speed)")
 
 
 # -------------------------------------------------------------------------------------------- threads
@@ -137,38 +127,7 @@ def thread_setting(threads):
 
 
 # ------------------------------------------------------------------------------------------ precision
-def resolve_precision(precision: str, device: torch.device, trained_backbone: bool) -> tuple[str, str]:
-    """(precision used, why). "auto" is `CPU_AUTO` on CPU for a frozen backbone and fp32 otherwise; GPU
-    autocast is opt-in because its accuracy has not been measured here."""
-    if precision not in PRECISIONS:
-        raise XlpromptError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
-    if precision == "auto":
-        if device.type != "cpu":
-            return "fp32", "auto: fp32 on GPU (pass --precision bf16|fp16 to use autocast)"
-        if CPU_AUTO != "fp32" and not trained_backbone and _quantization_available():
-            from .engine.int8_token import auto_fp32_why, int8_is_fast
-
-            return (CPU_AUTO, AUTO_INT8_WHY) if int8_is_fast() else ("fp32", auto_fp32_why())
-        return "fp32", AUTO_WHY
-    if precision in ("bf16", "fp16") and device.type == "cpu":
-        warnings.warn(f"{precision} autocast on CPU measured slower than fp32 here; it is meant for GPUs.",
-                      stacklevel=3)
-    if precision in ("int8", "int8-checked"):
-        if device.type != "cpu":
-            raise XlpromptError("int8 dynamic quantization runs on CPU only: use --precision bf16 or fp16 on a GPU.")
-        if trained_backbone:
-            raise XlpromptError("This run trained the backbone; xlprompt never quantizes trained weights: use "
-                                "--precision fp32.")
-        if not _quantization_available():
-            raise XlpromptError(f"torch {torch.__version__} has neither a CPU int8 matmul nor torch.ao dynamic "
-                                "quantization: use --precision fp32.")
-        from .engine.int8_token import warn_if_int8_slow
-
-        warn_if_int8_slow(precision, stacklevel=3)
-    return precision, "requested"
-
-
-def _quantization_available() -> bool:
+def quantization_available() -> bool:
     from .engine.int8_token import int8_matmul_available
 
     if int8_matmul_available():

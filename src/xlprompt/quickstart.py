@@ -27,28 +27,32 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True, device=None,
                    dtype=None, engine: str = "auto") -> dict:
     from .config import TrainConfig
-    from .device import resolve_device, resolve_dtype
     from .evaluation import evaluate, results_table, write_results
+    from .models.classifier import plan_for_config
     from .prompts.config import InputPromptConfig
     from .train import fit
 
     started = time.perf_counter()
-    resolve_dtype(dtype, resolve_device(device))  # a missing GPU fails before anything is written
     say = console.print if console else print
     config = TrainConfig(method=InputPromptConfig(length=prompt_length), shots=shots, epochs=epochs, seed=seed)
+    # both plans before anything is written (a missing GPU fails here); the evaluation's may differ from the
+    # training's in dtype (int8-checked evaluates over fp32 weights) and then evaluate casts the backbone
+    train_plan = plan_for_config(config, device=device, dtype=dtype, purpose="train")
+    eval_plan = plan_for_config(config, device=train_plan.device, dtype=dtype, engine=engine, purpose="evaluate")
     say(f"[bold]xlprompt quickstart[/]: soft prompt (L={prompt_length}) on English SIB-200 "
         f"({'all' if shots is None else shots} samples per class, {epochs} epochs), model "
         f"{config.model} frozen; then zero-shot on {langs} languages.")
-    run = fit(config, progress=progress, device=device, dtype=dtype)
+    run = fit(config, progress=progress, plan=train_plan)
     run_dir = run.save(Path(out) / "run")
-    results = evaluate(run, langs, progress=progress, engine=engine)
+    results = evaluate(run, langs, progress=progress, engine=engine, plan=eval_plan)
     results["wall_seconds"] = time.perf_counter() - started
     write_results(results, Path(out) / "results.json")
     if console:
         console.print(results_table(results))
     lines = summary_lines(results)
     lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min "
-                 f"(training {run.info['train_seconds']:.0f}s, evaluation {results['seconds']:.0f}s) on "
+                 f"(training {run.info['train_seconds']:.0f}s in {run.info['speed']['dtype']} weights, "
+                 f"evaluation {results['seconds']:.0f}s) on "
                  f"{results['speed']['device_name']} ({results['speed']['dtype']} weights, precision "
                  f"{results['speed']['precision']['used']}, "
                  f"engine {results['speed']['engine']['used']})")

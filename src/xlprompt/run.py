@@ -50,15 +50,15 @@ class Run:
         return evaluate(self, languages, **kwargs)
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64,
-                engine: str = "auto", precision: str = "auto") -> list[str]:
+                engine: str = "auto", precision: str = "auto", plan=None) -> list[str]:
         """The predicted label name of each text (as `xlprompt serve` answers "label"). `precision` auto is
-        int8-checked on CPU from 2,000 texts of sentence classification on where int8 is fast, else fp32
-        (as `evaluate`)."""
+        what the execution plan picks for the loaded model (execution/plan.py; int8-checked only from 2,000
+        texts of sentence classification), as in `evaluate`; or give a resolved `plan`."""
         from .evaluation import predict
 
         names = self.model_label_names()
         return [names[i] for i in predict(self.model, texts, self.config.max_length, text_pairs, batch_size,
-                                          engine=engine, precision=precision, run=self)]
+                                          engine=engine, precision=precision, run=self, plan=plan)]
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
@@ -98,10 +98,27 @@ class Run:
 
         return get_task_for(self.config).label_names
 
+    @staticmethod
+    def read_config(run_dir: str | Path) -> TrainConfig:
+        """The config of a complete run folder, without loading the model (an execution plan needs it)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "run.json").exists():
+            hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
+            raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
+                                "train one with `xlprompt train --out DIR`.")
+        try:
+            return TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
+        except XlpromptError as exc:
+            raise XlpromptError(f"{run_dir}/config.json: {exc}") from None
+        except Exception as exc:  # missing, truncated, or values of the wrong type
+            raise XlpromptError(f"{run_dir} is damaged and cannot be loaded ({type(exc).__name__}: {exc}); "
+                                "train it again or restore the folder from a copy.") from exc
+
     @classmethod
-    def load(cls, run_dir: str | Path, backbone=None, *, device=None, dtype=None) -> "Run":
-        """A saved run, its model on `device` with the backbone in `dtype` (device.py; default auto): where
-        it trained does not matter, the folder holds fp32 tensors."""
+    def load(cls, run_dir: str | Path, backbone=None, *, device=None, dtype=None, plan=None) -> "Run":
+        """A saved run, its model on `device` with the backbone in `dtype` (default auto: the execution
+        plan's choice for this machine, execution/plan.py), or where a resolved `plan` says: where it
+        trained does not matter, the folder holds fp32 tensors."""
         from .models.classifier import build_classifier
         from .tasks.custom import get_task_for
 
@@ -112,7 +129,7 @@ class Run:
                                 "train one with `xlprompt train --out DIR`.")
         try:
             return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state,
-                             device, dtype)
+                             device, dtype, plan)
         except XlpromptError as exc:
             if str(run_dir) in str(exc):
                 raise
@@ -123,7 +140,7 @@ class Run:
 
     @classmethod
     def _load(cls, run_dir: Path, backbone, build_classifier, get_task_for, load_trainable_state,
-              device=None, dtype=None) -> "Run":
+              device=None, dtype=None, plan=None) -> "Run":
         config = TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
         meta = io.read_json(run_dir / "run.json")
         if not isinstance(meta, dict):
@@ -133,7 +150,8 @@ class Run:
         shell = config
         if getattr(config.method, "init", "random").startswith("run:"):
             shell = dataclasses.replace(config, method=dataclasses.replace(config.method, init="random"))
-        model = build_classifier(shell, get_task_for(config), backbone=backbone, device=device, dtype=dtype)
+        model = build_classifier(shell, get_task_for(config), backbone=backbone, device=device, dtype=dtype,
+                                 plan=plan)
         if meta.get("prompt_materialized"):
             materialize_method(model)  # the fresh module must match the saved, net-free state
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
@@ -150,5 +168,5 @@ def save(run: Run, out_dir: str | Path) -> Path:
     return run.save(out_dir)
 
 
-def load(run_dir: str | Path, backbone=None, *, device=None, dtype=None) -> Run:
-    return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype)
+def load(run_dir: str | Path, backbone=None, *, device=None, dtype=None, plan=None) -> Run:
+    return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype, plan=plan)

@@ -13,9 +13,9 @@ from .evaluation import predict_outputs
 from .models.heads import head_loss
 from .config import TrainConfig
 from .data.sampling import few_shot_splits
-from .device import device_info, local_rank_device, reset_peak_memory, resolve_device, to_device
+from .device import device_info, reset_peak_memory, to_device
 from .distributed import Replicas
-from .models.classifier import build_classifier
+from .models.classifier import build_classifier, plan_for_config
 from .probe import fit_probe, init_head_from_probe
 from .progress import progress_bar
 from .run import Run, materialize_method
@@ -49,15 +49,21 @@ def dev_scores(model, task, frame, encoded, batch_size: int) -> tuple[float, dic
 
 
 def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True, device=None, dtype=None,
-        gradient_checkpointing: bool = False, **overrides) -> Run:
+        gradient_checkpointing: bool = False, plan=None, **overrides) -> Run:
     """Train the method `config` describes; keep the epoch with the best dev loss; return a Run.
 
     `model` may pass an already loaded PromptedClassifier (tests, sweeps reusing a backbone).
-    `device`/`dtype`/`gradient_checkpointing`: how the run executes (device.py), never part of the run.
+    `device`/`dtype`/`gradient_checkpointing`: how the run executes, never part of the run; `plan`: a
+    resolved execution plan instead of `device`/`dtype` (execution/plan.py: dtype auto is bf16 weights for
+    a frozen backbone on a CPU where bf16 is native and measured fast; prompt and head train in fp32).
     Under torchrun every process trains on its share of each batch (distributed.py).
     """
     config = config or TrainConfig(**overrides)
-    target = local_rank_device(resolve_device(device))
+    if model is None:
+        plan = plan or plan_for_config(config, device=device, dtype=dtype, purpose="train")
+        target = plan.device
+    else:
+        target = model.backbone.device
     replicas = Replicas.from_env(target)
     task = get_task_for(config)  # own data: resolves and records label names in config.custom
     language = config.train_language or task.train_language
@@ -66,8 +72,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     dev_df = task.load(task.dev_split, language, config.data_dir)
     train_df, dev_df = few_shot_splits(train_df, dev_df, config.shots, config.seed)
 
-    model = model or build_classifier(config, task, device=target, dtype=dtype,
-                                      gradient_checkpointing=gradient_checkpointing)
+    model = model or build_classifier(config, task, plan=plan, gradient_checkpointing=gradient_checkpointing)
     where = model.backbone.device
     reset_peak_memory(where)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (then the scaler is a no-op)
@@ -154,7 +159,8 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
             "train_seconds": time.perf_counter() - started,
             "speed": {**training_speed(step_seconds, len(train_set) * config.epochs),
                       **device_info(where, model.autocast_dtype or model.backbone.dtype),
-                      "processes": replicas.world, "gradient_checkpointing": gradient_checkpointing}}
+                      "processes": replicas.world, "gradient_checkpointing": gradient_checkpointing,
+                      **({"plan": plan.to_dict()} if plan is not None else {})}}
     if head_init is not None:
         info["head_init_probe"] = head_init
     return Run(config=config, model=model, curve=curve, info=info)

@@ -44,15 +44,20 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def resolve_engine(engine: str, backbone, device, precision: str, trained_backbone: bool = False) -> tuple[str, str]:
-    """(engine used, why) for a resolved precision. An explicit `onnx` that cannot run here falls back to
-    torch with one line; settings that ONNX never takes (GPU, trained weights, bf16) are errors."""
+def resolve_engine(engine: str, backbone, device, precision: str, trained_backbone: bool = False,
+                   weights=None) -> tuple[str, str]:
+    """(engine used, why) for a resolved precision over `weights` (the backbone's dtype; None = fp32). An
+    explicit `onnx` that cannot run here falls back to torch with one line; settings that ONNX never takes
+    (GPU, trained weights, bf16 weights or autocast) are errors."""
+    import torch
+
     check_engine(engine)
+    fp32_weights = weights in (None, torch.float32)
     if engine == "torch":
         return "torch", "requested"
     if engine == "auto":
         if AUTO_ENGINE != "onnx" or device.type != "cpu" or trained_backbone or precision not in ("fp32", "int8") \
-                or backbone.kind != "encoder" or not onnx_available():
+                or not fp32_weights or backbone.kind != "encoder" or not onnx_available():
             return "torch", AUTO_WHY if AUTO_ENGINE == "torch" else "auto: torch (ONNX engine not usable here)"
         return "onnx", "auto: onnx (measured faster at the same accuracy; benchmarks/README.md)"
     if device.type != "cpu":
@@ -60,6 +65,8 @@ def resolve_engine(engine: str, backbone, device, precision: str, trained_backbo
     if trained_backbone:
         raise XlpromptError("This run trained the backbone; the ONNX engine exports the shared frozen model only: "
                             "use --engine torch.")
+    if not fp32_weights:
+        raise XlpromptError("The ONNX engine exports fp32 weights: use --dtype fp32 with --engine onnx.")
     if precision not in ("fp32", "int8", "int8-checked"):  # int8-checked on ONNX: evaluation says it runs fp32
         raise XlpromptError(f"The ONNX engine runs fp32 or int8, not {precision}: use --engine torch for it.")
     if backbone.kind != "encoder":

@@ -25,9 +25,7 @@ import contextlib
 import ctypes
 import functools
 import os
-import time
 import types
-import warnings
 
 import torch
 from torch import nn
@@ -44,68 +42,6 @@ def int8_matmul_available() -> bool:
     except (RuntimeError, NotImplementedError):  # this build has no CPU kernel for it: int8 uses torch.ao
         return False
     return True
-
-
-# int8 matmul speed / fp32's below which auto stays fp32. The CPUs seen are far from it on either side:
-# 0.02-0.06x without integer kernels; with AVX-512 VNNI the whole int8 pass ran 2.2x fp32.
-FAST_ENOUGH = 1.5
-
-
-@functools.lru_cache(maxsize=None)
-def int8_speedup() -> float:
-    """How many times faster `torch._int_mm` is than an fp32 matmul on this CPU, at a feed-forward shape of
-    e5-small (64 x 384 by 384 x 1536), best of 3 each, interleaved; 0.0 where there is no int8 matmul.
-
-    PyTorch's int8 matmul is fast only where oneDNN has integer kernels for the CPU (AVX-512 VNNI, AVX-VNNI,
-    AMX): on an AVX-512 VNNI AMD EPYC (Zen 4) the whole int8 pass ran 2.2x fp32. On an AVX2-only one (Zen 3)
-    it is a plain loop at 1-3 GOP/s, 25-60x slower than fp32 (80 GFLOP/s per core there), and int8 was a
-    slowdown of that size. Milliseconds where int8 is fast; where it is slow it stops after one pair (40 ms)."""
-    if not int8_matmul_available():
-        return 0.0
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 384, generator=generator)
-    w = torch.randn(384, 1536, generator=generator)
-    xq = torch.randint(-127, 128, (64, 384), dtype=torch.int8, generator=generator)
-    wq = torch.randint(-127, 128, (384, 1536), dtype=torch.int8, generator=generator)
-
-    def seconds(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    torch.mm(x, w)  # first calls pay for allocation and dispatch set-up
-    best_int8 = seconds(lambda: torch._int_mm(xq, wq))
-    best_fp32 = seconds(lambda: torch.mm(x, w))
-    if best_int8 > 4 * best_fp32 + 0.01:  # a plain loop: no need to time it again
-        return best_fp32 / best_int8
-    for _ in range(3):
-        best_int8 = min(best_int8, seconds(lambda: torch._int_mm(xq, wq)))
-        best_fp32 = min(best_fp32, seconds(lambda: torch.mm(x, w)))
-    return best_fp32 / best_int8
-
-
-def int8_is_fast() -> bool:
-    """Whether int8 is worth choosing by default here (`int8_speedup` >= FAST_ENOUGH)."""
-    return int8_speedup() >= FAST_ENOUGH
-
-
-def slow_int8_reason() -> str:
-    if not int8_matmul_available():
-        return f"torch {torch.__version__} has no CPU int8 matmul"
-    return (f"this CPU's int8 matmul measured {int8_speedup():.2f}x fp32's speed (PyTorch has integer kernels "
-            "for AVX-512 VNNI, AVX-VNNI and AMX CPUs only)")
-
-
-def auto_fp32_why() -> str:
-    """What auto says when it stays fp32 because int8 is not fast here."""
-    return f"auto: fp32 ({slow_int8_reason()})"
-
-
-def warn_if_int8_slow(precision: str, stacklevel: int) -> None:
-    """An int8 precision asked for by name still runs where int8 is slow, with this warning."""
-    if int8_matmul_available() and not int8_is_fast():
-        warnings.warn(f"--precision {precision} will likely be slower than fp32 here: {slow_int8_reason()}.",
-                      stacklevel=stacklevel + 1)
 
 
 def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,9 +35,8 @@ def _classifier(config, device=None, dtype=None):
     A backbone a run trains (--no-freeze, finetune) is loaded fresh and never cached, so no later run can
     start from weights another run changed; the cache is emptied first to keep one model in memory.
     """
-    from ..device import resolve_device, resolve_dtype
     from ..models.backbone import Backbone
-    from ..models.classifier import build_classifier
+    from ..models.classifier import build_classifier, plan_for_config
     from ..tasks import get_task
 
     from transformers.utils import logging as hf_logging
@@ -46,15 +45,15 @@ def _classifier(config, device=None, dtype=None):
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # per-run loading bars would drown the sweep's own progress
     try:
+        # a sweep's plan: fp32 on CPU unless asked (its numbers must not depend on the CPU), as on a GPU
+        plan = plan_for_config(config, device=device, dtype=dtype, purpose="sweep")
         if not config.freeze_model:
             _BACKBONES.clear()
-            return build_classifier(config, task, device=device, dtype=dtype)
-        where = resolve_device(device)
-        precision = resolve_dtype(dtype, where)
-        key = (*_model_key(config.model), str(where), str(precision))
+            return build_classifier(config, task, plan=plan)
+        key = (*_model_key(config.model), str(plan.device), str(plan.dtype))
         if key not in _BACKBONES:
             _BACKBONES.clear()
-            _BACKBONES[key] = Backbone.load(config.model, dtype=precision, device=where)
+            _BACKBONES[key] = Backbone.load(config.model, dtype=plan.dtype, device=plan.device)
         return build_classifier(config, task, backbone=_BACKBONES[key])
     finally:
         if bars:

@@ -105,6 +105,21 @@ def _progress_bars(shown: bool):
             hf_logging.enable_progress_bar()
 
 
+def layer_shape(name: str):
+    """One layer's shape (execution.machine.LayerShape) from the model's config file alone, for the
+    execution plan's measurement; None where the config cannot be read (the plan then measures the
+    offline default's shape)."""
+    from transformers import AutoConfig
+
+    from ..execution.machine import LayerShape
+
+    try:
+        source, local_only = resolve_model_source(name)
+        return LayerShape.of_config(AutoConfig.from_pretrained(source, local_files_only=local_only))
+    except Exception:  # noqa: BLE001 (unreachable hub, odd config): a shape is a hint, never a failure
+        return None
+
+
 class Backbone(nn.Module):
     """A Hugging Face model seen through the few things prompts and heads need."""
 

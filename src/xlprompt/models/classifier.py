@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from ..collate import Batch, Collator
-from ..device import autocast, configure, resolve_device, resolve_dtype
+from ..device import autocast, configure, resolve_dtype
 from ..errors import XlpromptError
 from ..prompts import HeadOnlyConfig, build_prompt_method
-from .backbone import Backbone
+from .backbone import Backbone, layer_shape
 from .heads import PooledLinearHead, SpanHead, TokenLinearHead, VerbalizerHead, verbalizer_token_ids
 
 
@@ -52,18 +52,32 @@ class PromptedClassifier(nn.Module):
         return out
 
 
+def trains_backbone(config) -> bool:
+    return not config.freeze_model or bool(getattr(config.method, "trains_backbone", False))
+
+
+def plan_for_config(config, *, device=None, dtype=None, purpose: str = "evaluate", **settings):
+    """The execution plan for a run of `config` (its backbone's layer shape read from the model's config
+    file, without loading weights)."""
+    from ..execution import resolve
+
+    return resolve(device, dtype, purpose=purpose, trains_backbone=trains_backbone(config),
+                   shape=layer_shape(config.model), **settings)
+
+
 def build_classifier(config, task, backbone: Backbone | None = None, *, device=None, dtype=None,
-                     gradient_checkpointing: bool = False) -> PromptedClassifier:
+                     gradient_checkpointing: bool = False, plan=None, purpose: str = "evaluate") -> PromptedClassifier:
     """Assemble the model a config describes; deterministic in `config.seed`.
 
-    `device`/`dtype` (device.py; default auto) place a backbone loaded here: a frozen one in `dtype`, one
-    that trains in fp32 with autocast to `dtype`. A given `backbone` keeps its own device and dtype. The
-    prompt and head are built on the CPU from the seed, then moved, in fp32, to the backbone's device.
+    A backbone loaded here goes where the execution `plan` says (execution/plan.py; default: one resolved
+    from `device`/`dtype` for `purpose`): a frozen one in the plan's dtype, one that trains in fp32 with
+    autocast to it. A given `backbone` keeps its own device and dtype. The prompt and head are built on the
+    CPU from the seed, then moved, in fp32, to the backbone's device.
     """
     if backbone is None:
-        where = resolve_device(device)
-        precision = resolve_dtype(dtype, where)
-        weights = precision if config.freeze_model else torch.float32  # fp32 master weights when it trains
+        plan = plan or plan_for_config(config, device=device, dtype=dtype, purpose=purpose)
+        where, precision = plan.device, plan.dtype
+        weights = precision if not plan.trains_backbone else torch.float32  # fp32 master weights when it trains
         backbone = Backbone.load(config.model, dtype=weights, device=where)
     else:
         where = backbone.device

@@ -23,7 +23,7 @@ from ..errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
 from ..prompts import InputPrompt
 from .served import (DuplicateName, Prediction, ServedRun, check_max_padding, check_name,
-                     check_serving_precision, read_servable_config, serving_precision, to_prediction)
+                     check_serving_precision, read_servable_config, serving_plan, to_prediction)
 
 log = logging.getLogger("xlprompt.serve")
 
@@ -40,20 +40,23 @@ class PromptBank:
     """One frozen backbone and any number of named runs on it; `classify` mixes them per row.
 
     Adding and removing runs is thread-safe; forward passes are serialised (one model, one worker).
-    `precision`: auto (int8-checked on CPU with fast int8, the torch engine and an fp32 backbone, else fp32) | fp32 |
-    int8-checked; under int8-checked each run is calibrated when added (`serving_precision`, `_calibrate`).
+    `precision`: auto (the execution plan's choice: int8-checked where it is the fastest guarded recipe for an
+    fp32 backbone on this CPU, else fp32) | fp32 | int8-checked; under int8-checked each run is calibrated when
+    added (`serving_plan`, `_calibrate`).
     """
 
-    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto", precision: str = "auto"):
-        from ..engine import onnx_engine, resolve_engine
+    def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto", precision: str = "auto",
+                 plan=None):
+        from ..engine import onnx_engine
 
         check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
         self.max_padding = max_padding
         # the bank owns its backbone: an ONNX engine replaces its forward for the bank's lifetime (fp32)
         device = next(backbone.parameters()).device
-        self.engine, self.engine_why = resolve_engine(engine, backbone, device, "fp32")
-        self.precision, self.precision_why = serving_precision(precision, backbone, device, self.engine)
+        self.plan = serving_plan(precision, backbone, device, engine, plan)
+        self.engine, self.engine_why = self.plan.engine, self.plan.why("engine")
+        self.precision, self.precision_why = self.plan.precision, self.plan.why("precision")
         # the backbone's int8 layers (engine/int8_token.py), quantized once: every calibration and int8 pass
         self._int8 = linear_swaps(self.backbone.body) if self.precision == "int8-checked" else None
         self.rows = {"int8": 0, "rechecked": 0, "fp32": 0}
@@ -77,19 +80,21 @@ class PromptBank:
                   device=None, dtype=None, engine: str = "auto", precision: str = "auto") -> "PromptBank":
         """Load the model once (`model`, else the first run's) on `device` in `dtype` (device.py; default
         auto) and every run onto it."""
-        from ..device import configure, resolve_device, resolve_dtype
+        from ..device import configure
+        from ..execution import resolve
+        from ..models.backbone import layer_shape
 
         check_max_padding(max_padding)  # before the model loads
         serving = check_serving_precision(precision)
-        where = resolve_device(device)
-        precision = resolve_dtype(dtype, where)
         if not runs and model is None:
             raise XlpromptError("Give at least one run folder, or the model to serve prompts added later.")
         if model is None:
             first = Path(next(iter(runs.values())))
             model = read_servable_config(first).model
-        configure(where)
-        bank = cls(Backbone.load(model, dtype=precision, device=where), max_padding, engine, serving)
+        # int8-checked serves over fp32 weights: asked for by name, the plan keeps them fp32
+        plan = resolve(device, dtype, serving, engine, threads=None, purpose="serve", shape=layer_shape(model))
+        configure(plan.device)
+        bank = cls(Backbone.load(model, dtype=plan.dtype, device=plan.device), max_padding, engine, serving, plan)
         for name, path in runs.items():
             bank.add(name, path)
         return bank

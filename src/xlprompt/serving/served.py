@@ -126,27 +126,28 @@ def check_serving_precision(precision: str) -> str:
     return precision
 
 
-def serving_precision(precision: str, backbone: Backbone, device: torch.device, engine: str) -> tuple[str, str]:
-    """(precision used, why). auto is int8-checked where evaluation's auto is (a CPU, the PyTorch engine, an
-    fp32 backbone), else fp32; an explicit int8-checked that cannot run here is an error."""
-    from ..engine.int8_token import auto_fp32_why, int8_is_fast, int8_matmul_available, warn_if_int8_slow
+def serving_plan(precision: str, backbone: Backbone, device: torch.device, engine: str, plan=None):
+    """The execution plan a bank serves by (execution/plan.py): auto is int8-checked where the plan picks it
+    for a frozen fp32 backbone on this CPU, else fp32 (bf16 weights serve as fp32 over bf16); an explicit
+    int8-checked that cannot run here is an error."""
+    from ..execution import resolve
 
     check_serving_precision(precision)
     blocker = ("it runs on CPU only" if device.type != "cpu" else
-               "the ONNX engine serves fp32" if engine != "torch" else
-               "the backbone is not fp32" if next(backbone.parameters()).dtype != torch.float32 else
-               f"torch {torch.__version__} has no CPU int8 matmul" if not int8_matmul_available() else None)
-    if precision == "fp32":
-        return "fp32", "requested"
-    if blocker is None:
-        if precision == "auto" and not int8_is_fast():
-            return "fp32", auto_fp32_why()
-        warn_if_int8_slow(precision, stacklevel=2)
-        return "int8-checked", "requested" if precision == "int8-checked" else \
-            "auto: int8, close calls rechecked in fp32 (each prompt calibrated on its training language's dev set)"
-    if precision == "int8-checked":
+               "the ONNX engine serves fp32" if engine == "onnx" else
+               "the backbone is not fp32" if backbone.dtype != torch.float32 else None)
+    if precision == "int8-checked" and blocker:
         raise XlpromptError(f"--precision int8-checked cannot serve here: {blocker}. Use --precision fp32.")
-    return "fp32", f"auto: fp32 ({blocker})"
+    plan = plan or resolve(device, None, precision, engine, threads=None, backbone=backbone, purpose="serve")
+    if plan.precision not in ("fp32", "int8-checked"):
+        plan = plan.replace(precision="fp32", why={"precision": f"{plan.why('precision')}; serving runs fp32"})
+    return plan
+
+
+def serving_precision(precision: str, backbone: Backbone, device: torch.device, engine: str) -> tuple[str, str]:
+    """(precision used, why) of `serving_plan`."""
+    plan = serving_plan(precision, backbone, device, engine)
+    return plan.precision, plan.why("precision")
 
 
 def to_prediction(entry: ServedRun, logits: np.ndarray) -> Prediction:
