@@ -148,7 +148,7 @@ def torch_int8_swaps(body, recipe: str) -> list:
     from torch import nn
 
     from xlprompt.engine.int8_token import linear_swaps
-    from xlprompt.inference import _quantize_linear
+    from xlprompt.engine.torch_engine import _quantize_linear
 
     ffn_out = re.compile(r"layer\.\d+\.output\.dense$")  # BERT/XLM-R: the projection after GELU
     swaps = linear_swaps(body, keep=ffn_out.search if recipe.endswith("ffn-out-fp32") else None)

@@ -10,7 +10,7 @@ from xlprompt import TrainConfig, fit
 from xlprompt.engine import checked, int8_token
 from xlprompt.engine.int8_token import int8_matmul_available
 from xlprompt.evaluation import evaluate, predict_outputs
-from xlprompt.inference import precision_context
+from xlprompt.engine.torch_engine import precision_context
 from xlprompt.prompts.config import InputPromptConfig
 
 pytestmark = pytest.mark.skipif(not int8_matmul_available(), reason="torch has no CPU int8 matmul")
@@ -36,9 +36,7 @@ def trained(tiny_model_dir, toy_task):
 
 
 def test_close_calls_get_exactly_the_fp32_outputs(trained, monkeypatch):
-    import xlprompt.evaluation as ev
-
-    monkeypatch.setattr(ev, "MIN_ROWS", 1)
+    monkeypatch.setattr(checked, "MIN_ROWS", 1)
     results = evaluate(trained, "all", progress=False, precision="int8-checked", threads=1, token_cache=False)
     check = results["speed"]["precision"]["recheck"]
     assert results["speed"]["precision"]["used"] == "int8-checked"
@@ -71,17 +69,16 @@ def test_small_inputs_and_other_engines_fall_back_to_fp32(trained):
 
 
 def test_calibration_is_kept_on_disk_and_keyed_by_the_prompt(trained, monkeypatch, tmp_path):
-    import xlprompt.evaluation as ev
+    from xlprompt.evaluation import predict_outputs
     from xlprompt.tasks import get_task
 
     monkeypatch.setenv("XLPROMPT_CALIBRATION_CACHE", str(tmp_path))
     task = get_task("toy")
-    ev._CALIBRATIONS.clear()
-    first = ev.int8_calibration(trained, task)
+    checked._CALIBRATIONS.clear()
+    first = checked.calibration(trained, task, predict_outputs)
     assert len(list(tmp_path.glob("*.json"))) == 1
-    ev._CALIBRATIONS.clear()  # a new process: the disk answers, no forward pass runs
-    monkeypatch.setattr(ev, "predict_outputs", lambda *a, **k: pytest.fail("calibrated again"))
-    assert ev.int8_calibration(trained, task) == first
+    checked._CALIBRATIONS.clear()  # a new process: the disk answers, no forward pass runs
+    assert checked.calibration(trained, task, lambda *a, **k: pytest.fail("calibrated again")) == first
     monkeypatch.undo()
     monkeypatch.setenv("XLPROMPT_CALIBRATION_CACHE", str(tmp_path))
     # another prompt is another key; a damaged file is calibrated again and rewritten
@@ -90,29 +87,27 @@ def test_calibration_is_kept_on_disk_and_keyed_by_the_prompt(trained, monkeypatc
     with torch.no_grad():
         prompt.add_(0.01)
     try:
-        ev._CALIBRATIONS.clear()
-        ev.int8_calibration(trained, task)
+        checked._CALIBRATIONS.clear()
+        checked.calibration(trained, task, predict_outputs)
         assert len(list(tmp_path.glob("*.json"))) == 2
     finally:
         with torch.no_grad():
             prompt.copy_(saved)
     for path in tmp_path.glob("*.json"):
         path.write_text("{half")
-    ev._CALIBRATIONS.clear()
-    assert ev.int8_calibration(trained, task) == first
+    checked._CALIBRATIONS.clear()
+    assert checked.calibration(trained, task, predict_outputs) == first
 
 
 def test_run_predict_uses_int8_checked_from_min_rows(trained, monkeypatch):
-    import xlprompt.evaluation as ev
     from machines import use_machine
-    from xlprompt.engine import checked
     from xlprompt.tasks import get_task
 
     texts = get_task("toy").load("test", "deu_Latn")["text"].tolist()
     fp32 = trained.predict(texts, precision="fp32")
     calls = []
-    real = ev.int8_checked_outputs
-    monkeypatch.setattr(ev, "int8_checked_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = checked.CheckedEngine.outputs
+    monkeypatch.setattr(checked.CheckedEngine, "outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert trained.predict(texts) == fp32 and not calls  # 40 texts: below MIN_ROWS, fp32
     monkeypatch.setattr(checked, "MIN_ROWS", 1)
     assert trained.predict(texts) == fp32 and not calls  # auto on the faked AVX2 CPU, where int8 is slow: fp32

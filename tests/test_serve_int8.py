@@ -137,7 +137,7 @@ def test_precision_choice(tiny_model_dir):
     device = backbone.device
     assert serving_precision("fp32", backbone, device, "torch") == ("fp32", "requested")
     assert serving_precision("auto", backbone, device, "onnx")[0] == "fp32"
-    with pytest.raises(XlpromptError, match="ONNX engine serves fp32"):
+    with pytest.raises(XlpromptError, match="onnx engine serves fp32"):
         serving_precision("int8-checked", backbone, device, "onnx")
     with pytest.raises(XlpromptError, match="Unknown serving precision 'int8'"):
         PromptBank(backbone, precision="int8")

@@ -152,7 +152,7 @@ def test_bf16_against_fp32(english_run, toy_task):
 
     import torch
 
-    from xlprompt.inference import precision_context
+    from xlprompt.engine.torch_engine import precision_context
 
     frames = [toy_task.load("test", lang) for lang in ("eng_Latn", "deu_Latn")]
     fp32 = np.concatenate([logits_of(english_run, f) for f in frames])

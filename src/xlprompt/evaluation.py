@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
+from .engine.base import Work
 from .device import CPU_MAX_TOKENS, device_info, reset_peak_memory, to_device
 from .errors import XlpromptError
 from .features import feature_cache_for, head_outputs, uses_features
@@ -107,29 +108,25 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
     """Predicted label indices for raw texts; `engine` and `precision` as in `evaluate` (or a resolved
     `plan`, execution/plan.py). int8-checked needs the `run` (its training language's dev set calibrates
     the threshold) and, as in `evaluate`, sentence classification and at least MIN_ROWS texts."""
-    from .engine import onnx_backbone
+    from .engine import engine_for, notice
 
     enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
     plan = plan or model_plan(model, engine=engine, precision=precision)
-    if plan.engine == "onnx":
-        with onnx_backbone(model, "fp32"):
-            return predict_encoded(model, enc, batch_size).argmax(-1)
     task = get_task_for(run.config) if run is not None else None
-    if task is not None:
-        plan = plan.for_rows(task.head, len(enc))
-    if plan.precision == "int8-checked" and task is not None:
-        try:
-            outputs, _ = int8_checked_outputs(run, task, enc, batch_size, DEFAULT_MAX_TOKENS, None,
-                                              run.config.data_dir, progress=False, tuner=None, stats={},
-                                              description="predicting")
-            return np.stack(outputs)[:, :model.num_labels].argmax(-1)
-        except (XlpromptError, OSError) as exc:  # no dev set here to calibrate on: fp32, said once
-            from .engine import notice
-            notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
-    from .inference import precision_context
-
-    with precision_context("fp32" if plan.precision == "int8-checked" else plan.precision, model, plan.device):
-        return predict_encoded(model, enc, batch_size).argmax(-1)
+    plan = plan.for_rows(task.head if task is not None else "unknown", len(enc))
+    work = Work(partial(predict_outputs, batch_size=batch_size, max_tokens=DEFAULT_MAX_TOKENS),
+                description="predicting", run=run, task=task, data_dir=run.config.data_dir if run else None)
+    chosen = engine_for(plan)
+    try:
+        with chosen.prepared(model):
+            outputs, _ = chosen.outputs(model, enc, work)
+    except (XlpromptError, OSError) as exc:
+        if plan.precision != "int8-checked":
+            raise
+        # no dev set here to calibrate on: fp32, said once
+        notice(f"predicting in fp32: int8-checked needs the training language's dev set ({exc})")
+        outputs = predict_outputs(model, enc, batch_size, DEFAULT_MAX_TOKENS)
+    return np.stack(outputs)[:, :model.num_labels].argmax(-1) if outputs else np.zeros(0, dtype=np.int64)
 
 
 def model_plan(model, *, device=None, dtype=None, precision: str = "auto", engine: str = "auto", threads="auto",
@@ -173,8 +170,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     (features.py), so runs on the same backbone and data share one forward pass; False runs the model as
     for every other run (same numbers up to float rounding).
     """
-    from .engine import onnx_backbone
-    from .inference import precision_context, thread_setting
+    from .engine import engine_for
+    from .inference import thread_setting
     from .token_cache import default_token_cache
 
     started = time.perf_counter()
@@ -197,24 +194,19 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     plan = plan.for_rows(task.head, len(pooled))
     device, used, engine_used = plan.device, plan.precision, plan.engine
     threads, max_tokens, batch_size = plan.threads, plan.max_tokens, plan.batch_size
-    check_info = None
-    backbone_setting = (onnx_backbone(run.model, used) if engine_used == "onnx"
-                        else precision_context("fp32" if used == "int8-checked" else used, run.model, device))
+    runner = engine_for(plan)
     stats: dict = {}
     reset_peak_memory(device)
-    with thread_setting(threads) as tuner, backbone_setting as engine_info:
+    with thread_setting(threads) as tuner, runner.prepared(run.model) as engine_info:
         prepared = time.perf_counter()
-        feature_cache = None
-        if features and used == "fp32" and engine_used == "torch" and uses_features(run.model, config):
+        feature_cache, check_info = None, None
+        if features and runner.reads_features and uses_features(run.model, config):
             feature_cache = feature_cache_for(cache)
             outputs = head_outputs(run.model, task, frames, encoded, config.max_length, feature_cache, stats)
-        elif used == "int8-checked":
-            outputs, check_info = int8_checked_outputs(run, task, pooled, batch_size, max_tokens, cache, data_dir,
-                                                       progress=progress, tuner=tuner, stats=stats,
-                                                       description=f"evaluating {len(codes)} languages")
         else:
-            outputs = predict_outputs(run.model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
-                                      stats=stats, description=f"evaluating {len(codes)} languages")
+            work = Work(partial(predict_outputs, batch_size=batch_size, max_tokens=max_tokens, progress=progress,
+                                tuner=tuner), stats, f"evaluating {len(codes)} languages", run, task, cache, data_dir)
+            outputs, check_info = runner.outputs(run.model, pooled, work)
         threads_used = tuner.summary() if tuner else {"policy": "fixed" if threads else "torch default",
                                                        "final": torch.get_num_threads()}
     predicted = time.perf_counter()
@@ -257,69 +249,6 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "sentences_per_second": len(pooled) / seconds if seconds else None,
         "speed": speed,
     }
-
-
-def int8_checked_outputs(run, task, pooled: Encoded, batch_size, max_tokens, cache, data_dir, *, progress, tuner,
-                         stats: dict, description: str):
-    """Every row in int8, then the close calls again in fp32 (engine/checked.py); the threshold comes from
-    the training language's dev set, run both ways once per model."""
-    from .engine import checked
-    from .inference import precision_context
-
-    model, device = run.model, _device(run.model)
-    calibration = int8_calibration(run, task, batch_size, max_tokens, cache, data_dir)
-    with precision_context("int8", model, device):
-        outputs = predict_outputs(model, pooled, batch_size, max_tokens, progress=progress, tuner=tuner,
-                                  stats=stats, description=f"{description} (int8)")
-    rows = checked.rows_to_recheck(outputs, calibration["threshold"])
-    again: dict = {}
-    fp32 = predict_outputs(model, checked.subset(pooled, rows), batch_size, max_tokens, progress=progress,
-                           tuner=tuner, stats=again, description=f"rechecking {len(rows):,} close calls (fp32)")
-    for key in ("collate", "forward", "tokens", "padded_tokens", "batches"):
-        stats[key] += again[key]
-    info = {**calibration, "rechecked_rows": int(len(rows)), "rechecked_share": len(rows) / max(len(pooled), 1),
-            "recheck_forward_seconds": again["forward"]}
-    return checked.replace_rows(outputs, rows, fp32), info
-
-
-# model -> (fingerprint of its trainable weights, calibration); weak keys: a freed model's entry goes with it
-_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def int8_calibration(run, task, batch_size=64, max_tokens=DEFAULT_MAX_TOKENS, cache=None, data_dir=None,
-                     int8_layers=None) -> dict:
-    """int8-checked's recheck threshold for this run (engine/checked.py), from its training language's dev
-    set run in fp32 and in int8; kept per model until its trainable weights change, and on disk.
-    `int8_layers`: the backbone's int8 layer swaps (int8_token.linear_swaps) when the caller already holds
-    them (a server's bank), instead of quantizing the weights again."""
-    from .engine import checked
-    from .inference import precision_context
-
-    model = run.model
-    fingerprint = tuple(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
-    hit = _CALIBRATIONS.get(model)
-    if hit is not None and hit[0] == fingerprint:
-        return hit[1]
-    config = run.config
-    frame = task.load(task.dev_split, config.train_language or task.train_language, data_dir)
-    dev = (cache.encode(task, model.backbone.tokenizer, frame, config.max_length) if cache
-           else task.encode(model.backbone.tokenizer, frame, config.max_length))
-    key = checked.calibration_key(model, dev.token_ids)
-    calibration = checked.read_cached(key)
-    if calibration is None:
-        fp32 = predict_outputs(model, dev, batch_size, max_tokens)
-        if int8_layers is not None:
-            from .engine.int8_token import swapped
-
-            int8_context = swapped(int8_layers)
-        else:
-            int8_context = precision_context("int8", model, _device(model))
-        with int8_context:
-            int8 = predict_outputs(model, dev, batch_size, max_tokens)
-        calibration = {**checked.calibrate(fp32, int8), "split": task.dev_split}
-        checked.write_cached(key, calibration)
-    _CALIBRATIONS[model] = (fingerprint, calibration)
-    return calibration
 
 
 def scoring_task(config, name: str | None):

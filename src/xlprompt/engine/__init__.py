@@ -1,9 +1,12 @@
-"""Which engine runs the frozen backbone at inference: PyTorch, or ONNX Runtime (`pip install 'xlprompt[onnx]'`).
+"""Which engine runs the frozen backbone at inference: PyTorch (fp32, bf16 weights, autocast, int8), int8
+with fp32 rechecks (checked.py), or ONNX Runtime (`pip install 'xlprompt[onnx]'`).
 
-`resolve_engine` turns a requested engine (auto | torch | onnx) into the one used, with the reason;
-`engine_context` puts an ONNX Runtime forward in place of the backbone's PyTorch one for a block (and
-restores it). Training never uses it. When ONNX Runtime is missing, every path falls back to PyTorch and
-says so in one line on stderr (once per process) and in the `speed` block.
+Every engine implements base.Engine and is registered here once; `engine_for(plan)` is how evaluation,
+prediction and serving get the one an execution plan names (execution/plan.py). `resolve_engine` turns
+a requested engine (auto | torch | onnx) into the one used, with the reason; `engine_context` puts an ONNX
+Runtime forward in place of the backbone's PyTorch one for a block (and restores it). Training never uses
+it. When ONNX Runtime is missing, every path falls back to PyTorch and says so in one line on stderr (once
+per process) and in the `speed` block.
 
 `auto` follows the measurement in benchmarks/README.md (`eval_speed.py --engines`): an engine/precision
 becomes the default only if it passes the accuracy guard (engine/guard.py) over all 205 SIB-200 languages
@@ -16,8 +19,9 @@ import importlib.util
 import sys
 
 from ..errors import XlpromptError
-
-ENGINES = ("auto", "torch", "onnx")
+from .base import Engine, Work
+from .checked import CheckedEngine
+from .torch_engine import TorchEngine
 # What "auto" picks on CPU for a frozen encoder backbone, and the int8 recipe --precision int8 uses on ONNX.
 AUTO_ENGINE = "torch"
 AUTO_WHY = ("auto: torch (ONNX Runtime fp32 measured 1.01x PyTorch, and its int8 lost 1.96 points, on 8 SIB-200 "
@@ -36,6 +40,47 @@ def notice(line: str) -> None:
 
 def onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+class OnnxEngine(Engine):
+    """The frozen backbone on ONNX Runtime (runtime.py), fp32 or its dynamic int8."""
+
+    name = "onnx"
+    precisions = ("fp32", "int8")
+
+    def prepared(self, model):
+        return onnx_backbone(model, self.precision)
+
+    def serve(self, backbone) -> None:
+        onnx = onnx_engine(backbone, self.precision)
+        onnx.prepare(deep=False)  # deep prompts' graph: on the first deep-prompt batch
+        backbone.forward = onnx.forward
+
+
+# engines by the name --engine takes; precisions that are engines of their own (they run their own passes)
+_ENGINES: dict[str, type[Engine]] = {}
+_PRECISION_ENGINES: dict[str, type[Engine]] = {}
+
+
+def register_engine(cls: type[Engine], by_precision: bool = False) -> type[Engine]:
+    (_PRECISION_ENGINES if by_precision else _ENGINES)[cls.name] = cls
+    return cls
+
+
+register_engine(TorchEngine)
+register_engine(OnnxEngine)
+register_engine(CheckedEngine, by_precision=True)
+ENGINES = ("auto", *_ENGINES)
+
+
+def engine_class(name: str) -> type[Engine]:
+    return _ENGINES[check_engine(name) if name != "auto" else AUTO_ENGINE]
+
+
+def engine_for(plan) -> Engine:
+    """The engine that runs a resolved plan's precision on its engine."""
+    cls = _PRECISION_ENGINES.get(plan.precision) or _ENGINES[plan.engine]
+    return cls(plan.precision)
 
 
 def check_engine(engine: str) -> str:
@@ -100,9 +145,9 @@ def engine_context(backbone, onnx):
 ONNX_AUTO_PRECISION = "fp32"
 
 
-def engine_precision(engine_used: str, requested: str, resolved: str) -> str:
-    """The precision an engine runs: on ONNX, `auto` is ONNX_AUTO_PRECISION; otherwise as resolved."""
-    return ONNX_AUTO_PRECISION if engine_used == "onnx" and requested == "auto" else resolved
+def auto_precision(engine_used: str) -> str | None:
+    """What --precision auto is on an engine that has its own rule (ONNX: ONNX_AUTO_PRECISION), else None."""
+    return ONNX_AUTO_PRECISION if engine_used == "onnx" else None
 
 
 @contextlib.contextmanager

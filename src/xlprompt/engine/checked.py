@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .base import Engine, Work
+
 RECHECK_QUANTILE = 0.9
 RECIPE = 1  # bump when int8_token.py's arithmetic changes: cached thresholds then no longer apply
 MIN_ROWS = 2000  # below this many rows, calibrating costs more than int8 saves: plain fp32 instead
@@ -135,3 +137,62 @@ def write_cached(key: str, calibration: dict) -> None:
         io.write_json(calibration_dir() / f"{key}.json", calibration)
     except WriteFailed:  # a read-only cache costs the next run a few seconds, nothing else
         pass
+
+
+# ------------------------------------------------------------------------------------------ the engine
+class CheckedEngine(Engine):
+    """int8-checked: every row in int8, then the close calls again in fp32, with the run's threshold."""
+
+    name = "int8-checked"
+    precisions = ("int8-checked",)
+
+    def outputs(self, model, encoded, work: Work) -> tuple[list, dict]:
+        from .torch_engine import precision_context
+
+        threshold = calibration(work.run, work.task, work.forward, work.cache, work.data_dir)
+        with precision_context("int8", model, next(model.parameters()).device):
+            outputs = work.forward(model, encoded, stats=work.stats, description=f"{work.description} (int8)")
+        rows = rows_to_recheck(outputs, threshold["threshold"])
+        again: dict = {}
+        fp32 = work.forward(model, subset(encoded, rows), stats=again,
+                            description=f"rechecking {len(rows):,} close calls (fp32)")
+        for key in ("collate", "forward", "tokens", "padded_tokens", "batches"):
+            work.stats[key] += again[key]
+        info = {**threshold, "rechecked_rows": int(len(rows)), "rechecked_share": len(rows) / max(len(encoded), 1),
+                "recheck_forward_seconds": again["forward"]}
+        return replace_rows(outputs, rows, fp32), info
+
+
+# model -> (fingerprint of its trainable weights, calibration); weak keys: a freed model's entry goes with it
+_CALIBRATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def calibration(run, task, forward, cache=None, data_dir=None, int8_layers=None) -> dict:
+    """The run's recheck threshold from its training language's dev set run in fp32 and in int8
+    (`forward(model, encoded)` runs the rows); kept per model until its trainable weights change, and on
+    disk. `int8_layers`: the backbone's int8 layer swaps (int8_token.linear_swaps) when the caller already
+    holds them (a server's bank), instead of quantizing the weights again."""
+    from .int8_token import swapped
+    from .torch_engine import precision_context
+
+    model = run.model
+    fingerprint = tuple(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+    hit = _CALIBRATIONS.get(model)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    config = run.config
+    frame = task.load(task.dev_split, config.train_language or task.train_language, data_dir)
+    dev = (cache.encode(task, model.backbone.tokenizer, frame, config.max_length) if cache
+           else task.encode(model.backbone.tokenizer, frame, config.max_length))
+    key = calibration_key(model, dev.token_ids)
+    found = read_cached(key)
+    if found is None:
+        fp32 = forward(model, dev)
+        int8_context = (swapped(int8_layers) if int8_layers is not None
+                        else precision_context("int8", model, next(model.parameters()).device))
+        with int8_context:
+            int8 = forward(model, dev)
+        found = {**calibrate(fp32, int8), "split": task.dev_split}
+        write_cached(key, found)
+    _CALIBRATIONS[model] = (fingerprint, found)
+    return found

@@ -145,10 +145,11 @@ class ExecutionPlan:
     def for_rows(self, head: str, rows: int) -> "ExecutionPlan":
         """The plan for `rows` rows of a task with this `head`: int8-checked recalibrates per model and
         rechecks sentence classification only, so below MIN_ROWS rows or for tagging/QA it is fp32."""
+        from ..engine import engine_class
         from ..engine.checked import MIN_ROWS
 
-        if self.precision != "int8-checked" or (self.engine == "torch" and head == "classification"
-                                                and rows >= MIN_ROWS):
+        if self.precision != "int8-checked" or ("int8-checked" in engine_class(self.engine).precisions
+                                                and head == "classification" and rows >= MIN_ROWS):
             return self
         return self.replace(precision="fp32", why={"precision": (
             f"{self.why('precision')}; fp32 instead: int8-checked rechecks sentence classification on the torch "
@@ -163,7 +164,7 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
     on CPU unless asked, so its numbers do not depend on the machine); `trains_backbone`: the run trains
     the model's own weights (never quantized, never bf16 on CPU); `shape`: the backbone's layer shape for
     the measurement (default the offline default's); `backbone`: a loaded one (its kind and shape)."""
-    from ..engine import resolve_engine
+    from ..engine import auto_precision, resolve_engine
     from ..inference import PRECISIONS
 
     if purpose not in PURPOSES:
@@ -214,22 +215,20 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
         used, why["precision"] = "fp32", f"auto: fp32 ({'a trained backbone' if trains_backbone else purpose})"
     elif weights != torch.float32:
         used, why["precision"] = "fp32", f"auto: none beyond the weights ({dtype_name(weights)})"
-    elif choice.precision == "int8-checked":
-        used, why["precision"] = "int8-checked", choice_why
-    else:
+    elif choice.name == "fp32" or choice.precision == "int8-checked":
+        used, why["precision"] = choice.precision, choice_why
+    else:  # the fastest recipe needs other weights than these fp32 ones: the fastest left over fp32 weights
         int8 = recipe("int8-checked")
-        faster = (choice.name != "fp32" and int8.blocker(measured["identity"]) is None
-                  and (int8.estimate(measured["speedup"]) or 0) >= MARGIN)
+        faster = int8.blocker(measured["identity"]) is None and (int8.estimate(measured["speedup"]) or 0) >= MARGIN
         used = "int8-checked" if faster else "fp32"
-        why["precision"] = (f"auto: {used} over the fp32 weights asked for"
-                            + (f" ({choice.name} would be faster: leave dtype auto)" if choice.name != "fp32" else ""))
+        why["precision"] = (f"auto: {used} over fp32 weights ({why['dtype']}; {choice.name} would be faster here: "
+                            "leave dtype auto)")
 
     engine_used, why["engine"] = resolve_engine(engine, _Kind(kind), where, used, trained_backbone=trains_backbone,
                                                 weights=weights)
-    if engine_used == "onnx" and precision == "auto":
-        from ..engine import ONNX_AUTO_PRECISION
-
-        used, why["precision"] = ONNX_AUTO_PRECISION, f"auto: {ONNX_AUTO_PRECISION} on the ONNX engine"
+    if precision == "auto" and auto_precision(engine_used):
+        used = auto_precision(engine_used)
+        why["precision"] = f"auto: {used} on the {engine_used} engine"
 
     if where.type != "cpu":
         threads, why["threads"] = None, f"torch's default ({where.type}: the thread probe is for CPUs)"
@@ -278,7 +277,7 @@ def _check_precision(precision: str, where: torch.device, trains_backbone: bool,
         if trains_backbone:
             raise XlpromptError("This run trained the backbone; xlprompt never quantizes trained weights: use "
                                 "--precision fp32.")
-        from ..inference import quantization_available
+        from ..engine.torch_engine import quantization_available
 
         if not quantization_available():
             raise XlpromptError(f"torch {torch.__version__} has neither a CPU int8 matmul nor torch.ao dynamic "

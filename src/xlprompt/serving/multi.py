@@ -47,7 +47,7 @@ class PromptBank:
 
     def __init__(self, backbone: Backbone, max_padding: float = 0.1, engine: str = "auto", precision: str = "auto",
                  plan=None):
-        from ..engine import onnx_engine
+        from ..engine import engine_class
 
         check_max_padding(max_padding)
         self.backbone = backbone.eval().requires_grad_(False)
@@ -60,10 +60,8 @@ class PromptBank:
         # the backbone's int8 layers (engine/int8_token.py), quantized once: every calibration and int8 pass
         self._int8 = linear_swaps(self.backbone.body) if self.precision == "int8-checked" else None
         self.rows = {"int8": 0, "rechecked": 0, "fp32": 0}
-        if self.engine == "onnx":  # export (or find in the cache) before the first request, not during it
-            onnx = onnx_engine(self.backbone, "fp32")
-            onnx.prepare(deep=False)  # deep prompts' graph: on the first deep-prompt batch
-            self.backbone.forward = onnx.forward
+        # an ONNX engine exports (or finds in its cache) before the first request, not during it
+        engine_class(self.engine)("fp32").serve(self.backbone)
         self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
@@ -148,12 +146,12 @@ class PromptBank:
     def _calibrate(self, entry: ServedRun, task) -> float | None:
         """The run's int8-checked threshold from its training language's dev set (a few seconds); None, with
         a log line, where that set cannot be read: the run's rows then run in fp32."""
-        from ..evaluation import int8_calibration
+        from ..evaluation import predict_outputs
 
         try:
             with self._forward_lock:  # it runs the shared backbone, and swaps its layers while in int8
-                calibration = int8_calibration(entry.run, task, data_dir=entry.run.config.data_dir,
-                                               int8_layers=self._int8)
+                calibration = checked.calibration(entry.run, task, predict_outputs, data_dir=entry.run.config.data_dir,
+                                                  int8_layers=self._int8)
         except (XlpromptError, OSError, ValueError) as exc:
             log.warning("prompt %s runs in fp32: its int8 recheck threshold needs the training language's dev "
                         "set, which could not be read (%s)", entry.name, exc)

@@ -130,11 +130,12 @@ def serving_plan(precision: str, backbone: Backbone, device: torch.device, engin
     """The execution plan a bank serves by (execution/plan.py): auto is int8-checked where the plan picks it
     for a frozen fp32 backbone on this CPU, else fp32 (bf16 weights serve as fp32 over bf16); an explicit
     int8-checked that cannot run here is an error."""
+    from ..engine import engine_class
     from ..execution import resolve
 
     check_serving_precision(precision)
     blocker = ("it runs on CPU only" if device.type != "cpu" else
-               "the ONNX engine serves fp32" if engine == "onnx" else
+               f"the {engine} engine serves fp32" if "int8-checked" not in engine_class(engine).precisions else
                "the backbone is not fp32" if backbone.dtype != torch.float32 else None)
     if precision == "int8-checked" and blocker:
         raise XlpromptError(f"--precision int8-checked cannot serve here: {blocker}. Use --precision fp32.")
