@@ -183,7 +183,7 @@ def test_missing_onnxruntime_falls_back_to_torch_with_one_line(runs, toy_task, m
     import xlprompt.engine as engine
 
     monkeypatch.setattr(engine, "onnx_available", lambda: False)
-    monkeypatch.setattr(engine, "_said", set())
+    monkeypatch.setattr(engine.base, "_said", set())
     run = load(runs("bert")["p1"])
     results = evaluate(run, "all", progress=False, engine="onnx")
     evaluate(run, "all", progress=False, engine="onnx")
@@ -210,7 +210,7 @@ def test_engine_settings_that_cannot_run_are_errors(runs):
 def test_decoders_stay_on_torch(tiny_model_dir, capsys, monkeypatch):
     import xlprompt.engine as engine
 
-    monkeypatch.setattr(engine, "_said", set())
+    monkeypatch.setattr(engine.base, "_said", set())
     backbone = Backbone.load(str(tiny_model_dir("gpt2")))
     used, why = resolve_engine("onnx", backbone, torch.device("cpu"), "fp32")
     assert used == "torch" and "encoder" in why and "encoder" in capsys.readouterr().err

@@ -163,6 +163,7 @@ def evaluate(
     from .models.classifier import plan_for_config
     from .run import Run
 
+    _execution(device, dtype)  # a device this machine lacks fails first, before the run folder is read
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
     token_cache = speed.pop("token_cache")
     plan = plan_for_config(Run.read_config(run_dir), device=device, dtype=dtype, purpose="evaluate", **speed)

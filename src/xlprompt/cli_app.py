@@ -52,8 +52,9 @@ def _own_data(value: Optional[Path]) -> Optional[str]:
 
 
 DEVICE_HELP = "Where it runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps. Never part of a run."
-DTYPE_HELP = ("The frozen model's weights: auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16; "
-              "prompts and heads stay fp32.")
+DTYPE_HELP = ("The frozen model's weights: auto (bf16 on a GPU that has it; on a CPU bf16 where it has native bf16 "
+              "and bf16 measured fastest, else fp32: see `xlprompt plan`) | fp32 | bf16 | fp16; prompts and heads "
+              "stay fp32.")
 
 
 def _execution(device: str, dtype: str) -> dict:

@@ -5,8 +5,9 @@ sweep), not TrainConfig fields, so they never change a run id or a run folder, a
 GPU loads on a CPU and the reverse.
 
 device: auto (CUDA if present, else Apple's MPS, else CPU) | cpu | cuda | cuda:N | mps.
-dtype: the frozen backbone's weights. auto = bf16 on a CUDA GPU that supports it, fp32 elsewhere: on CPU
-bf16 stays opt-in, so the CPU path gives the numbers it always gave. Prompts, heads and reparameterization
+dtype: the frozen backbone's weights. These are the primitives; what "auto" means is the execution plan's
+decision (execution/plan.py): bf16 on a CUDA GPU that supports it; on a CPU, bf16 where the CPU has native
+bf16 and bf16 weights measured fastest among the guarded recipes, else fp32. Prompts, heads and reparameterization
 nets always keep fp32 master weights; a backbone that trains (--no-freeze, finetune) keeps fp32 weights
 too and runs its forward pass under autocast in the chosen dtype (mixed precision). fp32 on a CUDA GPU
 uses TF32 matmuls.

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import sys
 
 from ..errors import XlpromptError
-from .base import Engine, Work
+from .base import Engine, Work, notice
 from .checked import CheckedEngine
 from .torch_engine import TorchEngine
 # What "auto" picks on CPU for a frozen encoder backbone, and the int8 recipe --precision int8 uses on ONNX.
@@ -27,16 +26,6 @@ AUTO_ENGINE = "torch"
 AUTO_WHY = ("auto: torch (ONNX Runtime fp32 measured 1.01x PyTorch, and its int8 lost 1.96 points, on 8 SIB-200 "
             "languages; benchmarks/README.md)")
 INT8_RECIPE = "int8"
-
-_said: set[str] = set()
-
-
-def notice(line: str) -> None:
-    """One line on stderr, once per process per message."""
-    if line not in _said:
-        _said.add(line)
-        print(f"xlprompt: {line}", file=sys.stderr, flush=True)
-
 
 def onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None

@@ -9,6 +9,7 @@ an engine's name; adding an engine is its own module plus one `register_engine` 
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,3 +49,13 @@ class Engine:
 
     def serve(self, backbone) -> None:
         """Set the engine up on a server's backbone for the server's lifetime (nothing by default)."""
+
+
+_said: set[str] = set()
+
+
+def notice(line: str) -> None:
+    """One line on stderr, once per process per message."""
+    if line not in _said:
+        _said.add(line)
+        print(f"xlprompt: {line}", file=sys.stderr, flush=True)

@@ -66,7 +66,7 @@ EAGER = types.SimpleNamespace(quantize_rows=quantize_rows, rescale=rescale)
 def fused_kernels():
     """The compiled quantize/rescale (engine/kernels.py) if it builds here and agrees bit for bit with the
     eager ops on a check that covers vector blocks, a tail, padding rows and no bias; else None."""
-    from . import notice
+    from .base import notice
     from .kernels import build
 
     module = build()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import notice
+from .base import notice
 
 SOURCE = Path(__file__).with_name("int8_rows.cpp")
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]  # no FMA: the eager ops' rounding
