@@ -222,7 +222,7 @@ def compare_results(paths: list[str]) -> list[str]:
             results.append(json.load(fh))
     ref = {c: m["accuracy"] for c, m in results[0]["languages"].items()}
     base = results[0]["speed"]["tokens_per_second"]
-    lines = [f"{'precision / engine':26s} {'tok/s':>7s} {'vs ref':>7s} {'forward min':>11s} {'total min':>9s} "
+    lines = [f"{'weights, precision / engine':26s} {'tok/s':>7s} {'vs ref':>7s} {'forward min':>11s} {'total min':>9s} "
              f"{'mean acc':>8s} {'Δmean pt':>8s} {'worst pt':>8s}  worst language  rechecked"]
     guards = []
     for path, r in zip(paths, results):
@@ -230,7 +230,7 @@ def compare_results(paths: list[str]) -> list[str]:
         acc = {c: m["accuracy"] for c, m in r["languages"].items()}
         g = accuracy_guard(ref, acc)
         recheck = s["precision"].get("recheck")
-        name = f"{s['precision']['used']} / {s['engine']['used']}"
+        name = f"{s.get('dtype', 'fp32')} w. {s['precision']['used']} / {s['engine']['used']}"
         lines.append(f"{name:26s} {s['tokens_per_second']:7.0f} {s['tokens_per_second'] / base:6.2f}x "
                      f"{s['seconds']['forward'] / 60:11.2f} {s['seconds']['total'] / 60:9.2f} "
                      f"{r['mean']['accuracy']:8.4f} {g.mean_delta:+8.2f} {g.worst_delta:+8.2f}  {g.worst_language:15s} "

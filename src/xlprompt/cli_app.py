@@ -60,7 +60,7 @@ DTYPE_HELP = ("The frozen model's weights: auto (bf16 on a GPU that has it; on a
 def _execution(device: str, dtype: str) -> dict:
     """Check --device/--dtype before anything loads or is written (`--device cuda` without CUDA is one
     error line); the strings themselves go on to the API, which resolves them the same way."""
-    from .device import resolve_device, resolve_dtype
+    from .execution import check_device
 
-    resolve_dtype(dtype, resolve_device(device))
+    check_device(device, dtype)
     return {"device": device, "dtype": dtype}

@@ -11,7 +11,8 @@ arithmetic:
 - bf16: the same layer with its weights and activations in bf16 (what bf16 backbone weights run);
 - int8: the layer's `nn.Linear`s as xlprompt's per-token int8 layers (engine/int8_token.py), the rest fp32.
 
-Rounds are interleaved (fp32, bf16, int8, fp32, ...) after one warm-up round, and each candidate's median
+Rounds are interleaved (fp32, bf16, int8, fp32, ...) after two warm-up rounds (the compiled int8 kernels are
+built or loaded before any), and each candidate's median
 is kept, so a burst of load from another job slows every candidate alike and one noisy round cannot move
 the result. The answer is cached per CPU model, CPU flags, core count, torch version and layer shape in
 `machine/` under xlprompt's cache folder (`$XLPROMPT_MACHINE_CACHE` to move it), written atomically; a
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PROBE_RECIPE = 1  # bump when the probe's layer or workload changes: cached measurements then no longer apply
+PROBE_RECIPE = 2  # bump when the probe's layer or workload changes: cached measurements then no longer apply
 ROUNDS = 7
 SLOW = 4.0  # a candidate whose warm-up round took this many times fp32's is not timed again
 # the flags that decide which kernels PyTorch has for the candidates (recorded; the kind is named from them)
@@ -158,24 +159,28 @@ def candidate_layers(shape: LayerShape, candidates) -> dict:
 
 @torch.inference_mode()
 def measure(shape: LayerShape, candidates=("fp32", "bf16", "int8"), rounds: int = ROUNDS) -> dict:
-    """Seconds of one layer's forward per candidate and round (interleaved, after a warm-up round), on
+    """Seconds of one layer's forward per candidate and round (interleaved, after two warm-up rounds), on
     the torch thread count in force."""
     layers = candidate_layers(shape, candidates)
+    if "int8" in layers:  # the compiled quantize/rescale kernels: built (once per machine) or loaded, untimed
+        from ..engine.int8_token import fused_kernels
+
+        fused_kernels()
     rows, width = probe_rows(shape), 64
     x = torch.randn(rows, width, shape.hidden, generator=torch.Generator().manual_seed(1))
     inputs = {name: x.to(dtype) for name, (_, dtype) in layers.items()}
     seconds: dict[str, list[float]] = {name: [] for name in layers}
     warmup: dict[str, float] = {}
-    for r in range(rounds + 1):
+    for r in range(rounds + 2):
         for name, (layer, _) in layers.items():
-            if name in warmup and warmup[name] > SLOW * warmup.get("fp32", float("inf")):
+            if r > 1 and warmup[name] > SLOW * warmup["fp32"]:
                 continue  # a plain loop (int8 without integer kernels: 25-60x fp32): once is enough
             start = time.perf_counter()
             layer(inputs[name])
             took = time.perf_counter() - start
-            if r:  # round 0 pays for allocations, kernel selection and (int8) the compiled kernels' build
+            if r > 1:
                 seconds[name].append(took)
-            else:
+            elif r == 1:  # round 0 pays for allocations and kernel selection; round 1 is the first real one
                 warmup[name] = took
     for name, values in seconds.items():
         if not values:

@@ -35,13 +35,17 @@ PURPOSES = ("evaluate", "train", "serve", "sweep")
 @dataclass(frozen=True)
 class Recipe:
     """A way to run a frozen backbone on CPU: its weights' dtype, the precision over them, the probe
-    candidate that times it, and the guard it passed (None for the fp32 reference)."""
+    candidate that times it, the guard it passed (None for the fp32 reference), and whether training a
+    prompt over it passed the guard too (`trains`: the evidence, or None: training stays fp32 unless asked).
+    """
 
     name: str
     dtype: torch.dtype
     precision: str
     probe: str
     guard: str | None
+    trains: str | None = None
+    not_for_training: str = ""
 
     def blocker(self, identity: dict) -> str | None:
         """Why this recipe cannot run on this CPU, or None."""
@@ -68,7 +72,10 @@ RECIPES = (
     Recipe("fp32", torch.float32, "fp32", "fp32", None),
     Recipe("bf16-weights", torch.bfloat16, "fp32", "bf16",
            "passed over 205 languages on an AMX Sapphire Rapids (mean -0.01 points, worst -1.47) and an AVX-512 "
-           "BF16 Zen 4 (benchmarks/README.md)"),
+           "BF16 Zen 4 (mean +0.02, worst -1.47; benchmarks/README.md)",
+           not_for_training="the quickstart's prompt trained over bf16 weights missed the guard against fp32 "
+                            "training (mean -0.20 points, tzm_Tfng -3.92; benchmarks/README.md): pass --dtype bf16 "
+                            "to train in bf16 anyway (1.4-2.2x faster steps)"),
     Recipe("int8-checked", torch.float32, "int8-checked", "int8",
            "passed over 205 languages on an AVX-512 VNNI Zen 4 (mean +0.02 points, worst -1.96)"),
 )
@@ -200,8 +207,9 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
         weights, why["dtype"] = torch.float32, "auto: fp32 (a sweep's numbers must not depend on the CPU)"
     elif precision != "auto":
         weights, why["dtype"] = torch.float32, f"auto: fp32 (--precision {precision} asked for)"
-    elif purpose == "train" and choice.dtype == torch.float32:
-        weights, why["dtype"] = _train_dtype(measured), _train_why(measured)
+    elif purpose == "train":
+        trained_recipe, why["dtype"] = _train_recipe(measured)
+        weights = trained_recipe.dtype
     else:
         weights, why["dtype"] = choice.dtype, choice_why
 
@@ -241,6 +249,15 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
                          tuple(why.items()), measured)
 
 
+def check_device(device="auto", dtype=None) -> torch.device:
+    """The device a request names, with its dtype checked there (errors say what to pass instead): for
+    commands that must fail before they write anything, and for choices made before a plan (worker counts)."""
+    where = local_rank_device(resolve_device(device))
+    if dtype is not None and not (isinstance(dtype, str) and dtype.lower() == "auto"):
+        resolve_dtype(dtype, where)
+    return where
+
+
 @dataclass(frozen=True)
 class _Kind:  # what resolve_engine reads of a backbone before one is loaded
     kind: str
@@ -250,22 +267,24 @@ class _Kind:  # what resolve_engine reads of a backbone before one is loaded
         return f"this {self.kind}"
 
 
-def _train_dtype(measured: dict) -> torch.dtype:
-    """Training a prompt on a frozen backbone: bf16 weights where bf16 is native and measured fast, even
-    where int8-checked is the faster way to evaluate (int8 cannot train)."""
-    bf16 = recipe("bf16-weights")
-    ok = bf16.blocker(measured["identity"]) is None and (bf16.estimate(measured["speedup"]) or 0) >= MARGIN
-    return torch.bfloat16 if ok else torch.float32
-
-
-def _train_why(measured: dict) -> str:
-    s = measured["speedup"].get("bf16")
-    blocked = recipe("bf16-weights").blocker(measured["identity"])
-    if blocked:
-        return f"auto: fp32 ({blocked})"
-    fast = (s or 0) >= MARGIN
-    return (f"auto: {'bf16' if fast else 'fp32'} weights for training (bf16 layer {s:.2f}x fp32 on this "
-            f"{measured['kind']} CPU; prompt and head keep fp32 master weights)")
+def _train_recipe(measured: dict) -> tuple[Recipe, str]:
+    """Training a prompt on a frozen backbone: the fastest recipe whose training passed the guard (int8
+    cannot train), by the same margin rule as evaluation; fp32 where none did."""
+    chosen, best, notes = RECIPES[0], 1.0, []
+    for candidate in RECIPES[1:]:
+        if candidate.probe == "int8":
+            continue
+        blocked = candidate.blocker(measured["identity"])
+        estimate = None if blocked else candidate.estimate(measured["speedup"])
+        if blocked or estimate is None:
+            notes.append(f"{candidate.name} skipped: {blocked or 'not measured'}")
+        elif candidate.trains is None:
+            notes.append(f"{candidate.name} {estimate:.2f}x, not by default: {candidate.not_for_training}")
+        elif estimate >= MARGIN * best:
+            chosen, best = candidate, estimate
+            notes.append(f"{candidate.name} {estimate:.2f}x")
+    return chosen, (f"auto: {chosen.name} for training on this {measured['kind']} CPU ({'; '.join(notes)}; "
+                    "prompt and head keep fp32 master weights)")
 
 
 def _check_precision(precision: str, where: torch.device, trains_backbone: bool, weights: torch.dtype,

@@ -143,9 +143,10 @@ def gpu_slots(workers: int, gpus: int) -> list[str]:
 
 def default_workers(device) -> int:
     """Local workers when --workers is not given: one per visible GPU when runs go to CUDA, else 1."""
-    from ..device import cuda_count, resolve_device
+    from ..device import cuda_count
+    from ..execution import check_device
 
-    return max(1, cuda_count()) if resolve_device(device).type == "cuda" else 1
+    return max(1, cuda_count()) if check_device(device).type == "cuda" else 1
 
 
 def _init_worker(threads: int, slots=None) -> None:
@@ -258,7 +259,8 @@ def plan(specs: list[RunSpec], store_dir: str | Path) -> dict[str, str]:
 
 def _make_backend(backend: str, workers: int | None, address: str | None, num_cpus: float | None,
                   num_gpus: float | None = None, device=None, dtype=None):
-    from ..device import cuda_count, resolve_device
+    from ..device import cuda_count
+    from ..execution import check_device
 
     if backend == "ray":
         from .ray_backend import RayBackend  # imported only here: the local backend never needs Ray
@@ -272,7 +274,7 @@ def _make_backend(backend: str, workers: int | None, address: str | None, num_cp
     workers = workers or default_workers(device)
     if workers <= 1:
         return InlineBackend(device, dtype)
-    on_gpu = resolve_device(device).type == "cuda" and str(device or "auto").lower() in ("auto", "cuda")
+    on_gpu = check_device(device).type == "cuda" and str(device or "auto").lower() in ("auto", "cuda")
     slots = gpu_slots(workers, cuda_count()) if on_gpu else None
     return PoolBackend(workers, max(1, available_cores() // workers), device, dtype, slots)
 
@@ -288,10 +290,10 @@ def run_sweep(grid_or_specs, store_dir: str | Path, backend: str = "local", work
     another live process are waited for (and taken over if that process dies), so when this returns every run is done or failed. The store table is updated
     after each run and rebuilt from the run folders at the end.
     """
-    from ..device import resolve_device, resolve_dtype
+    from ..execution import check_device
     from .progress import SweepProgress
 
-    resolve_dtype(dtype, resolve_device(device))  # a device this machine lacks fails before the store is touched
+    check_device(device, dtype)  # a device this machine lacks fails before the store is touched
     store = Path(store_dir)
     runs_dir(store).mkdir(parents=True, exist_ok=True)
     specs = _specs(grid_or_specs)
