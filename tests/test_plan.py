@@ -237,3 +237,20 @@ def test_training_follows_the_plan_and_a_recipe_trains_by_default_only_once_its_
     trained = [p for p in run.model.parameters() if p.requires_grad]
     assert trained and all(p.dtype == torch.float32 for p in trained)
     assert run.curve[-1]["train_loss"] < run.curve[0]["train_loss"]
+
+
+def test_the_plan_command_prints_the_choice_and_can_measure_again(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+
+    use_machine(monkeypatch, "amx")
+    res = CliRunner().invoke(app, ["plan", "--model", str(tmp_path / "no-model"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["dtype"] == "bf16"
+    res = CliRunner().invoke(app, ["plan", "--purpose", "nonsense"])
+    assert res.exit_code == 2 and "--purpose takes one of" in res.output
+    fresh = []
+    monkeypatch.setattr(machine, "machine_speeds", lambda *a, **k: fresh.append(k.get("fresh")) or profile("vnni"))
+    res = CliRunner().invoke(app, ["plan", "--model", str(tmp_path / "no-model"), "--remeasure"])
+    assert res.exit_code == 0 and True in fresh and "int8-checked" in res.output and "vnni" in res.output

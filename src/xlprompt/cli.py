@@ -379,6 +379,8 @@ def plan_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Time this CPU again (on quiet cores) and replace "
+                                   "the cached measurement the plan decides by."),
 ):
     """How runs execute on this machine, and why: the execution plan that train/evaluate/serve resolve."""
     import json
@@ -390,8 +392,13 @@ def plan_command(
 
     if purpose not in PURPOSES:
         raise XlpromptError(f"--purpose takes one of {', '.join(PURPOSES)}, got {purpose!r}.")
+    shape = layer_shape(model)
+    if remeasure:
+        from .execution import machine
+
+        machine.machine_speeds(shape or machine.DEFAULT_SHAPE, fresh=True)
     plan = resolve(device, dtype, precision, check_engine(engine), purpose=purpose, trains_backbone=trains_backbone,
-                   shape=layer_shape(model))
+                   shape=shape)
     if json_out:
         console.print_json(json.dumps(plan.to_dict()))
         return

@@ -99,13 +99,19 @@ class Run:
         return get_task_for(self.config).label_names
 
     @staticmethod
-    def read_config(run_dir: str | Path) -> TrainConfig:
-        """The config of a complete run folder, without loading the model (an execution plan needs it)."""
+    def complete_folder(run_dir: str | Path) -> Path:
+        """`run_dir` as a Path, or an error saying why it is not a complete run folder."""
         run_dir = Path(run_dir)
         if not (run_dir / "run.json").exists():
             hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
             raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
                                 "train one with `xlprompt train --out DIR`.")
+        return run_dir
+
+    @classmethod
+    def read_config(cls, run_dir: str | Path) -> TrainConfig:
+        """The config of a complete run folder, without loading the model (an execution plan needs it)."""
+        run_dir = cls.complete_folder(run_dir)
         try:
             return TrainConfig.from_dict(io.read_json(run_dir / "config.json"))
         except XlpromptError as exc:
@@ -122,11 +128,7 @@ class Run:
         from .models.classifier import build_classifier
         from .tasks.custom import get_task_for
 
-        run_dir = Path(run_dir)
-        if not (run_dir / "run.json").exists():
-            hint = "it is still being written or training crashed" if run_dir.is_dir() else "it does not exist"
-            raise XlpromptError(f"{run_dir} is not a complete xlprompt run folder ({hint}); "
-                                "train one with `xlprompt train --out DIR`.")
+        run_dir = cls.complete_folder(run_dir)
         try:
             return cls._load(run_dir, backbone, build_classifier, get_task_for, load_trainable_state,
                              device, dtype, plan)

@@ -236,14 +236,17 @@ def write_cached(key: str, found: dict) -> None:
 _MEASURED: dict[str, dict] = {}
 
 
-def machine_speeds(shape: LayerShape = DEFAULT_SHAPE, candidates=("fp32", "bf16", "int8")) -> dict:
+def machine_speeds(shape: LayerShape = DEFAULT_SHAPE, candidates=("fp32", "bf16", "int8"),
+                   fresh: bool = False) -> dict:
     """This CPU's measured speeds for `shape`: from this process's memory, else the cache, else `measure`
-    (then cached). {"identity", "kind", "shape", "seconds", "median_seconds", "speedup", "source", ...}."""
+    (then cached); `fresh` measures again and replaces the cached answer (`xlprompt plan --remeasure`,
+    e.g. after a measurement made while other jobs loaded the cores).
+    {"identity", "kind", "shape", "seconds", "median_seconds", "speedup", "source", ...}."""
     identity = cpu_identity()
     key = cache_key(identity, shape, candidates)
-    if key in _MEASURED:
+    if key in _MEASURED and not fresh:
         return _MEASURED[key]
-    found = read_cached(key)
+    found = None if fresh else read_cached(key)
     source = "cache"
     if found is None:
         found = {"key": key, "identity": identity, "shape": dataclasses.asdict(shape), **measure(shape, candidates)}
