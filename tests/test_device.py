@@ -215,8 +215,10 @@ def test_sweep_places_one_worker_per_gpu_with_a_faked_gpu_count(monkeypatch):
     assert runner.default_workers("cpu") == 1
     monkeypatch.setattr(device, "cuda_count", lambda: 4)
     monkeypatch.setattr(runner, "_init_worker", runner._init_worker)
-    monkeypatch.setattr(device, "resolve_device", lambda spec=None: torch.device("cpu") if spec == "cpu"
-                        else torch.device("cuda", 0))
+    from xlprompt.execution import plan
+
+    monkeypatch.setattr(plan, "resolve_device", lambda spec=None: torch.device("cpu") if spec == "cpu"
+                        else torch.device("cuda", 0))  # the plan resolves devices, once, for everyone
     assert runner.default_workers("auto") == 4
     assert runner.default_workers("cpu") == 1
     backend = runner._make_backend("local", None, None, None, device="auto")
