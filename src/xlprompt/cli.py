@@ -325,8 +325,9 @@ def serve(
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
                                "pip install 'xlprompt[onnx]')."),
     precision: str = typer.Option("auto", help="auto | fp32 | int8-checked: int8 with close calls rerun in fp32, "
-                                  "each prompt calibrated on its training language's dev set when added (auto "
-                                  "on CPU where int8 is fast, measured at start)."),
+                                  "each prompt calibrated on its training language's dev set when added. auto: the "
+                                  "execution plan's choice for this CPU (bf16 weights, int8-checked or fp32; "
+                                  "`xlprompt plan --purpose serve`)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
