@@ -134,3 +134,27 @@ def test_head_weight_decay_regularises_the_head_alone(tiny_model_dir, toy_task):
     assert groups[0]["weight_decay"] == 20.0 and all("weight_decay" not in g for g in groups[1:])
     with pytest.raises(XlpromptError, match="head_weight_decay"):
         make_config(tiny_model_dir("xlm-roberta"), head_weight_decay=-1.0)
+
+
+def test_a_run_folder_holds_only_its_own_parts(tiny_model_dir, toy_task, tmp_path):
+    """A frozen prompt run saved over a fine-tuning run's folder must not leave (or load) that run's
+    backbone: loading the folder would otherwise swap the fine-tuned weights in under the prompt."""
+    from xlprompt import load
+    from xlprompt.prompts.config import FinetuneConfig
+
+    folder = tmp_path / "run"
+    tuned = fit(make_config(tiny_model_dir("bert"), method=FinetuneConfig(), epochs=1), progress=False)
+    tuned.save(folder)
+    assert (folder / "backbone.safetensors").exists()
+    prompt = fit(make_config(tiny_model_dir("bert"), epochs=1), progress=False)
+    prompt.save(folder)
+    assert not (folder / "backbone.safetensors").exists()
+    assert json.loads((folder / "run.json").read_text())["files"] == ["head.safetensors", "prompt.safetensors"]
+    fresh = load(folder).model.backbone.model.state_dict()
+    frozen = prompt.model.backbone.model.state_dict()
+    assert all(torch.equal(fresh[k], frozen[k]) for k in frozen)
+    # a stray part file that run.json does not list is never read
+    tuned.save(tmp_path / "tuned")
+    (folder / "backbone.safetensors").write_bytes((tmp_path / "tuned" / "backbone.safetensors").read_bytes())
+    fresh = load(folder).model.backbone.model.state_dict()
+    assert all(torch.equal(fresh[k], frozen[k]) for k in frozen)

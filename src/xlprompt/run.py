@@ -69,11 +69,19 @@ class Run:
             raise WriteFailed(out / "run.json", exc) from exc
         materialized = materialize_method(self.model)  # logits unchanged; the saved prompt is final
         state = self.model.trainable_state()
+        written = set()
         for part, tensors in state.items():
             if tensors:
                 io.save_tensors(out / FILES[part], tensors)
+                written.add(FILES[part])
         if not self.config.freeze_model:
             io.save_tensors(out / FILES["backbone"], self.model.backbone.model.state_dict())
+            written.add(FILES["backbone"])
+        for stale in set(FILES.values()) - written:  # another run's part (a fine-tuned backbone) never stays
+            try:
+                (out / stale).unlink(missing_ok=True)
+            except OSError as exc:
+                raise WriteFailed(out / stale, exc) from exc
         io.write_json(out / "curve.json", self.curve)
         io.write_json(out / "config.json", self.config.to_dict())
         import transformers
@@ -87,7 +95,7 @@ class Run:
             "prompt_materialized": materialized,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},
-            "files": sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors"),
+            "files": sorted(written),
         }
         io.write_json(out / "run.json", meta)
         self.path = out
@@ -156,8 +164,10 @@ class Run:
                                  plan=plan)
         if meta.get("prompt_materialized"):
             materialize_method(model)  # the fresh module must match the saved, net-free state
+        # only the parts run.json lists: a stray file (another run's backbone) is never loaded
+        listed = meta.get("files")
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
-                 if (run_dir / name).exists()}
+                 if (run_dir / name).exists() and (listed is None or name in listed)}
         state.setdefault("head", {})
         load_trainable_state(model, state)
         model.backbone.requires_grad_(not config.freeze_model)
