@@ -158,3 +158,31 @@ def test_a_run_folder_holds_only_its_own_parts(tiny_model_dir, toy_task, tmp_pat
     (folder / "backbone.safetensors").write_bytes((tmp_path / "tuned" / "backbone.safetensors").read_bytes())
     fresh = load(folder).model.backbone.model.state_dict()
     assert all(torch.equal(fresh[k], frozen[k]) for k in frozen)
+
+
+def test_saving_over_a_run_removes_its_results_and_results_never_pair_new_json_with_old_csv(
+        tiny_model_dir, toy_task, tmp_path, monkeypatch):
+    from xlprompt import evaluation, io
+
+    folder = tmp_path / "run"
+    run = fit(make_config(tiny_model_dir("bert"), epochs=1), progress=False)
+    run.save(folder)
+    evaluation.write_results(evaluation.evaluate(run, "all", progress=False, threads=1), folder / "results.json")
+    assert (folder / "results.csv").exists()
+    run.save(folder)  # another run over the folder (here the same one): its old evaluation goes
+    assert not (folder / "results.json").exists() and not (folder / "results.csv").exists()
+
+    results = evaluation.evaluate(run, "all", progress=False, threads=1)
+    evaluation.write_results(results, folder / "results.json")
+    real = io.atomic_path
+
+    def crash_on_csv(path, *a, **k):
+        if str(path).endswith(".csv"):
+            raise RuntimeError("crashed between the JSON and the CSV")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(io, "atomic_path", crash_on_csv)
+    with pytest.raises(RuntimeError):
+        evaluation.write_results({**results, "split": "dev"}, folder / "results.json")
+    assert json.loads((folder / "results.json").read_text())["split"] == "dev"
+    assert not (folder / "results.csv").exists()  # no CSV of the older results beside the new JSON

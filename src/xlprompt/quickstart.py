@@ -42,6 +42,8 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
     say(f"[bold]xlprompt quickstart[/]: soft prompt (L={prompt_length}) on English SIB-200 "
         f"({'all' if shots is None else shots} samples per class, {epochs} epochs), model "
         f"{config.model} frozen; then zero-shot on {langs} languages.")
+    for old in ("results.json", "results.csv", "report.md"):  # an earlier quickstart's, never beside this run
+        (Path(out) / old).unlink(missing_ok=True)
     run = fit(config, progress=progress, plan=train_plan)
     run_dir = run.save(Path(out) / "run")
     results = evaluate(run, langs, progress=progress, engine=engine, plan=eval_plan)

@@ -18,6 +18,11 @@ from .state import FILES, load_trainable_state
 
 
 
+# what `xlprompt train --evaluate` and `xlprompt evaluate` write into a run folder by default: they describe
+# the run that was there, so saving another run over the folder removes them
+RESULT_FILES = ("results.json", "results.csv")
+
+
 def parameter_counts(model) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -77,7 +82,8 @@ class Run:
         if not self.config.freeze_model:
             io.save_tensors(out / FILES["backbone"], self.model.backbone.model.state_dict())
             written.add(FILES["backbone"])
-        for stale in set(FILES.values()) - written:  # another run's part (a fine-tuned backbone) never stays
+        # another run's part (a fine-tuned backbone) never stays, nor its evaluation written beside it
+        for stale in (set(FILES.values()) - written) | set(RESULT_FILES):
             try:
                 (out / stale).unlink(missing_ok=True)
             except OSError as exc:
