@@ -291,13 +291,13 @@ def results_frame(results: dict):
 
 
 def write_results(results: dict, out_json: str | Path, csv: bool = True) -> None:
-    """The JSON, then the CSV beside it, each atomically. An older CSV is removed first, so a crash between
-    the two leaves a new JSON and no CSV, never a new JSON beside an old CSV."""
+    """The JSON, then the CSV beside it, each atomically. A JSON that cannot be written leaves both older
+    files as they were; once the new JSON is in place the older CSV is removed before the new one is
+    written, so a crash between the two leaves a new JSON and no CSV, never a new JSON beside an old CSV."""
     out_json = Path(out_json)
-    if csv:
-        out_json.with_suffix(".csv").unlink(missing_ok=True)
     io.write_json(out_json, results)
     if csv:
+        out_json.with_suffix(".csv").unlink(missing_ok=True)
         with io.atomic_path(out_json.with_suffix(".csv")) as tmp:
             results_frame(results).to_csv(tmp, index=False)
 
