@@ -369,52 +369,6 @@ def serve(
     make_server(bank, settings, host, port, log_level).run()
 
 
-@app.command("plan")
-@friendly
-def plan_command(
-    model: str = typer.Option("multilingual-e5-small", help="The model whose layer shape is measured."),
-    purpose: str = typer.Option("evaluate", help="evaluate | train | serve | sweep."),
-    trains_backbone: bool = typer.Option(False, "--trains-backbone", help="A run that trains the model's weights."),
-    precision: str = typer.Option("auto", help="As `xlprompt evaluate --precision`."),
-    engine: str = typer.Option("auto", help="As `xlprompt evaluate --engine`."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    remeasure: bool = typer.Option(False, "--remeasure", help="Time this CPU again (on quiet cores) and replace "
-                                   "the cached measurement the plan decides by."),
-):
-    """How runs execute on this machine, and why: the execution plan that train/evaluate/serve resolve."""
-    import json
-
-    from .engine import check_engine
-    from .execution import resolve
-    from .execution.plan import PURPOSES
-    from .models.backbone import layer_shape
-
-    if purpose not in PURPOSES:
-        raise XlpromptError(f"--purpose takes one of {', '.join(PURPOSES)}, got {purpose!r}.")
-    shape = layer_shape(model)
-    if remeasure:
-        from .execution import machine
-
-        machine.machine_speeds(shape or machine.DEFAULT_SHAPE, fresh=True)
-    plan = resolve(device, dtype, precision, check_engine(engine), purpose=purpose, trains_backbone=trains_backbone,
-                   shape=shape)
-    if json_out:
-        console.print_json(json.dumps(plan.to_dict()))
-        return
-    console.print(plan.describe(), highlight=False, soft_wrap=True)
-    if plan.measured:
-        m = plan.measured
-        console.print(f"machine    {m['identity']['model']} · {m['kind']} · flags {' '.join(m['identity']['flags'])} "
-                      f"· {m['identity']['cores']} cores · torch {m['identity']['torch']} · one layer "
-                      f"{m['shape']['hidden']}x{m['shape']['intermediate']}, {m['rows']}x{m['width']} tokens, "
-                      f"{m['threads']} threads: "
-                      + ", ".join(f"{k} {1000 * v:.1f} ms ({m['speedup'][k]:.2f}x)"
-                                  for k, v in m["median_seconds"].items())
-                      + f" ({m['source']})", highlight=False, soft_wrap=True)
-
-
 def main():  # pragma: no cover - console entry point alias
     app()
 

@@ -1,4 +1,5 @@
-"""`xlprompt sweep`, `xlprompt store` and `xlprompt report`: experiment grids, their store and the report."""
+"""`xlprompt sweep`, `xlprompt store`, `xlprompt report` and `xlprompt plan`: experiment grids, their store,
+the report, and how runs execute on this machine."""
 from __future__ import annotations
 
 import time
@@ -126,3 +127,49 @@ def report(
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
     console.print(f"wrote [bold]{out / 'verdict.md'}[/] · " + " · ".join(f"{n} {v}" for v, n in counts.items())
                   + (f" · {len(meta['stopped_early'])} run(s) stopped too early" if meta.get("stopped_early") else ""))
+
+
+@app.command("plan")
+@friendly
+def plan_command(
+    model: str = typer.Option("multilingual-e5-small", help="The model whose layer shape is measured."),
+    purpose: str = typer.Option("evaluate", help="evaluate | train | serve | sweep."),
+    trains_backbone: bool = typer.Option(False, "--trains-backbone", help="A run that trains the model's weights."),
+    precision: str = typer.Option("auto", help="As `xlprompt evaluate --precision`."),
+    engine: str = typer.Option("auto", help="As `xlprompt evaluate --engine`."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Time this CPU again (on quiet cores) and replace "
+                                   "the cached measurement the plan decides by."),
+):
+    """How runs execute on this machine, and why: the execution plan that train/evaluate/serve resolve."""
+    import json
+
+    from .engine import check_engine
+    from .execution import resolve
+    from .execution.plan import PURPOSES
+    from .models.backbone import layer_shape
+
+    if purpose not in PURPOSES:
+        raise XlpromptError(f"--purpose takes one of {', '.join(PURPOSES)}, got {purpose!r}.")
+    shape = layer_shape(model)
+    if remeasure:
+        from .execution import machine
+
+        machine.machine_speeds(shape or machine.DEFAULT_SHAPE, fresh=True)
+    plan = resolve(device, dtype, precision, check_engine(engine), purpose=purpose, trains_backbone=trains_backbone,
+                   shape=shape)
+    if json_out:
+        console.print_json(json.dumps(plan.to_dict()))
+        return
+    console.print(plan.describe(), highlight=False, soft_wrap=True)
+    if plan.measured:
+        m = plan.measured
+        console.print(f"machine    {m['identity']['model']} · {m['kind']} · flags {' '.join(m['identity']['flags'])} "
+                      f"· {m['identity']['cores']} cores · torch {m['identity']['torch']} · one layer "
+                      f"{m['shape']['hidden']}x{m['shape']['intermediate']}, {m['rows']}x{m['width']} tokens, "
+                      f"{m['threads']} threads: "
+                      + ", ".join(f"{k} {1000 * v:.1f} ms ({m['speedup'][k]:.2f}x)"
+                                  for k, v in m["median_seconds"].items())
+                      + f" ({m['source']})", highlight=False, soft_wrap=True)
