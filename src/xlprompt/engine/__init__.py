@@ -18,7 +18,7 @@ import contextlib
 import importlib.util
 
 from ..errors import XlpromptError
-from .base import Engine, Work, notice
+from .base import Engine, notice
 from .checked import CheckedEngine
 from .torch_engine import TorchEngine
 # What "auto" picks on CPU for a frozen encoder backbone, and the int8 recipe --precision int8 uses on ONNX.
