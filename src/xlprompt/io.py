@@ -54,6 +54,24 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_cache_entry(path: str | os.PathLike) -> dict | None:
+    """A JSON object kept to save work, or None where it is absent, unreadable, not JSON or not an object:
+    the caller then does the work again."""
+    try:
+        found = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def write_cache_entry(path: str | os.PathLike, obj: dict) -> None:
+    """`write_json`, where a folder that cannot be written only costs the next run the work again."""
+    try:
+        write_json(path, obj)
+    except WriteFailed:
+        pass
+
+
 def unique_tensors(tensors: dict) -> dict:
     """Drop later names of tensors that share memory (tied input/output embeddings): safetensors refuses
     shared tensors, and a model with tied weights restores the others when the first is loaded."""

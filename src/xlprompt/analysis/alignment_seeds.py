@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
-from ..errors import WriteFailed
 from . import stats as S
 from . import tables as T
 
@@ -30,11 +29,8 @@ FILE = "alignment.json"
 
 def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.DataFrame | None:
     """The run's stored numbers for `languages` (None: all it has), or None when they do not cover them."""
-    try:
-        found = io.read_json(run_dir / FILE)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(found, dict):
+    found = io.read_cache_entry(run_dir / FILE)
+    if found is None:
         return None
     have = found.get("languages", [])
     if found.get("sentences") != sentences or not have or not set(languages or have) <= set(have):
@@ -63,12 +59,9 @@ def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> t
     condition = "with prompt" if run.model.method is not None else scores["condition"].iloc[0]
     last = scores[(scores["condition"] == condition) & (scores["layer"] == scores["layer"].max())]
     rows = last[["language", "retrieval", "cosine"]].reset_index(drop=True)
-    try:
-        io.write_json(run_dir / FILE, {"pivot": pivot, "sentences": sentences, "languages": codes,
-                                       "condition": condition, "layer": int(scores["layer"].max()),
-                                       "rows": rows.to_dict("records")})
-    except WriteFailed:  # a read-only store: measured again next time
-        pass
+    io.write_cache_entry(run_dir / FILE, {"pivot": pivot, "sentences": sentences, "languages": codes,
+                                          "condition": condition, "layer": int(scores["layer"].max()),
+                                          "rows": rows.to_dict("records")})  # a read-only store: measured again
     return rows, f"{time.perf_counter() - started:.0f}s"
 
 

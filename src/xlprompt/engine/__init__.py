@@ -36,6 +36,7 @@ class OnnxEngine(Engine):
 
     name = "onnx"
     precisions = ("fp32", "int8")
+    auto_precision = "fp32"  # int8 only if a recipe passed the accuracy guard: none has on ONNX
 
     def prepared(self, model):
         return onnx_backbone(model, self.precision)
@@ -130,13 +131,9 @@ def engine_context(backbone, onnx):
         del backbone.forward
 
 
-# What --precision auto means on the ONNX engine (int8 only if a recipe passed the accuracy guard).
-ONNX_AUTO_PRECISION = "fp32"
-
-
 def auto_precision(engine_used: str) -> str | None:
-    """What --precision auto is on an engine that has its own rule (ONNX: ONNX_AUTO_PRECISION), else None."""
-    return ONNX_AUTO_PRECISION if engine_used == "onnx" else None
+    """What --precision auto is on an engine that has its own rule (ONNX: fp32), else None."""
+    return _ENGINES[engine_used].auto_precision
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ class Engine:
     name = "torch"
     precisions: tuple[str, ...] = ("fp32",)  # what --precision values this engine runs
     reads_features = False  # a head-only run may be served from the pooled-feature cache instead
+    auto_precision: str | None = None  # what --precision auto is on this engine, where it has its own rule
 
     def __init__(self, precision: str = "fp32"):
         self.precision = precision

@@ -121,22 +121,14 @@ def calibration_dir() -> Path:
 def read_cached(key: str) -> dict | None:
     from .. import io
 
-    path = calibration_dir() / f"{key}.json"
-    try:
-        found = io.read_json(path)
-    except (OSError, ValueError):  # absent, unreadable or not JSON: calibrate again
-        return None
-    return found if isinstance(found, dict) and isinstance(found.get("threshold"), float) else None
+    found = io.read_cache_entry(calibration_dir() / f"{key}.json")  # None: calibrate again
+    return found if found is not None and isinstance(found.get("threshold"), float) else None
 
 
 def write_cached(key: str, calibration: dict) -> None:
     from .. import io
-    from ..errors import WriteFailed
 
-    try:
-        io.write_json(calibration_dir() / f"{key}.json", calibration)
-    except WriteFailed:  # a read-only cache costs the next run a few seconds, nothing else
-        pass
+    io.write_cache_entry(calibration_dir() / f"{key}.json", calibration)  # read-only: a few seconds next run
 
 
 # ------------------------------------------------------------------------------------------ the engine

@@ -213,11 +213,8 @@ def cache_key(identity: dict, shape: LayerShape, candidates) -> str:
 def read_cached(key: str) -> dict | None:
     from .. import io
 
-    try:
-        found = io.read_json(cache_dir() / f"{key}.json")
-    except (OSError, ValueError):  # absent, unreadable or not JSON: measure again
-        return None
-    ok = (isinstance(found, dict) and found.get("key") == key and isinstance(found.get("seconds"), dict)
+    found = io.read_cache_entry(cache_dir() / f"{key}.json")  # None: measure again
+    ok = (found is not None and found.get("key") == key and isinstance(found.get("seconds"), dict)
           and all(isinstance(v, list) and v and all(isinstance(s, (int, float)) and s > 0 for s in v)
                   for v in found["seconds"].values()))
     return found if ok else None
@@ -225,12 +222,8 @@ def read_cached(key: str) -> dict | None:
 
 def write_cached(key: str, found: dict) -> None:
     from .. import io
-    from ..errors import WriteFailed
 
-    try:
-        io.write_json(cache_dir() / f"{key}.json", found)
-    except WriteFailed:  # a read-only cache costs the next process the probe (well under a second), no more
-        pass
+    io.write_cache_entry(cache_dir() / f"{key}.json", found)  # read-only: the probe again next process
 
 
 _MEASURED: dict[str, dict] = {}

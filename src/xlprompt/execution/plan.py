@@ -81,22 +81,30 @@ RECIPES = (
 )
 
 
-def recipe(name: str) -> Recipe:
-    return next(r for r in RECIPES if r.name == name)
+def fastest(measured: dict, excluded=lambda recipe: None) -> tuple[Recipe, list[str]]:
+    """The fastest recipe on the measured CPU, by the margin rule, among those `excluded(recipe)` gives no
+    reason to leave out; and a note per recipe (its estimate, or why it was skipped or left out)."""
+    identity, speedup = measured["identity"], measured["speedup"]
+    chosen, best, notes = RECIPES[0], 1.0, []
+    for candidate in RECIPES[1:]:
+        blocked = candidate.blocker(identity)
+        estimate = None if blocked else candidate.estimate(speedup)
+        if estimate is None:
+            notes.append(f"{candidate.name} skipped: {blocked or 'not measured'}")
+            continue
+        left_out = excluded(candidate)
+        notes.append(f"{candidate.name} {estimate:.2f}x" + (f", {left_out}" if left_out else ""))
+        if not left_out and estimate >= MARGIN * best:
+            chosen, best = candidate, estimate
+    return chosen, notes
 
 
 def cpu_choice(shape: machine.LayerShape | None = None, measured: dict | None = None) -> tuple[Recipe, str, dict]:
     """(recipe, why, measurement) for a frozen backbone on this CPU."""
     measured = measured or machine.machine_speeds(shape or machine.DEFAULT_SHAPE)
-    identity, speedup = measured["identity"], measured["speedup"]
+    identity = measured["identity"]
+    chosen, notes = fastest(measured)
     where = f"{measured['kind']} CPU ({identity['model']}, {identity['cores']} cores)"
-    chosen, best, notes = RECIPES[0], 1.0, []
-    for candidate in RECIPES[1:]:
-        blocked = candidate.blocker(identity)
-        estimate = None if blocked else candidate.estimate(speedup)
-        notes.append(f"{candidate.name} {'skipped: ' + blocked if blocked else f'{estimate:.2f}x'}")
-        if estimate is not None and estimate >= MARGIN * best:
-            chosen, best = candidate, estimate
     measured_how = "measured now" if measured.get("source") == "measured" else "measured earlier, cached"
     why = (f"auto: {chosen.name} on this {where}: one layer at the backbone's shape vs fp32 ({measured_how}): "
            f"{', '.join(notes)}; a recipe needs {MARGIN}x over the one before it"
@@ -183,7 +191,7 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
         shape = shape or machine.LayerShape.of_config(backbone.model.config)
     why: dict[str, str] = {}
     explicit_device = device is not None and str(device).lower() != "auto"
-    where = local_rank_device(resolve_device(device))
+    where = check_device(device)
     why["device"] = ("where the model is" if isinstance(device, torch.device) else "requested" if explicit_device
                      else f"auto: {where.type}")
 
@@ -226,9 +234,8 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
     elif choice.name == "fp32" or choice.precision == "int8-checked":
         used, why["precision"] = choice.precision, choice_why
     else:  # the fastest recipe needs other weights than these fp32 ones: the fastest left over fp32 weights
-        int8 = recipe("int8-checked")
-        faster = int8.blocker(measured["identity"]) is None and (int8.estimate(measured["speedup"]) or 0) >= MARGIN
-        used = "int8-checked" if faster else "fp32"
+        over_fp32, _ = fastest(measured, lambda r: None if r.dtype == torch.float32 else "other weights")
+        used = over_fp32.precision
         why["precision"] = (f"auto: {used} over fp32 weights ({why['dtype']}; {choice.name} would be faster here: "
                             "leave dtype auto)")
 
@@ -270,19 +277,12 @@ class _Kind:  # what resolve_engine reads of a backbone before one is loaded
 def _train_recipe(measured: dict) -> tuple[Recipe, str]:
     """Training a prompt on a frozen backbone: the fastest recipe whose training passed the guard (int8
     cannot train), by the same margin rule as evaluation; fp32 where none did."""
-    chosen, best, notes = RECIPES[0], 1.0, []
-    for candidate in RECIPES[1:]:
+    def excluded(candidate: Recipe) -> str | None:
         if candidate.probe == "int8":
-            continue
-        blocked = candidate.blocker(measured["identity"])
-        estimate = None if blocked else candidate.estimate(measured["speedup"])
-        if blocked or estimate is None:
-            notes.append(f"{candidate.name} skipped: {blocked or 'not measured'}")
-        elif candidate.trains is None:
-            notes.append(f"{candidate.name} {estimate:.2f}x, not by default: {candidate.not_for_training}")
-        elif estimate >= MARGIN * best:
-            chosen, best = candidate, estimate
-            notes.append(f"{candidate.name} {estimate:.2f}x")
+            return "int8 cannot train"
+        return None if candidate.trains else f"not by default: {candidate.not_for_training}"
+
+    chosen, notes = fastest(measured, excluded)
     return chosen, (f"auto: {chosen.name} for training on this {measured['kind']} CPU ({'; '.join(notes)}; "
                     "prompt and head keep fp32 master weights)")
 
@@ -305,7 +305,7 @@ def _check_precision(precision: str, where: torch.device, trains_backbone: bool,
             raise XlpromptError(f"--precision {precision} quantizes fp32 weights: use --dtype fp32 with it.")
         warn_if_int8_slow(precision, measured, stacklevel=5)
     if precision in ("bf16", "fp16") and where.type == "cpu":
-        speeds = machine.machine_speeds()
+        speeds = measured or machine.machine_speeds()
         identity = speeds["identity"]
         if precision == "fp16" or not machine.native_bf16(identity) or speeds["speedup"].get("bf16", 0) < 1.0:
             warnings.warn(f"{precision} autocast on this CPU ({machine.cpu_kind(identity)}) is likely slower than "
