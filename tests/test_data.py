@@ -330,3 +330,21 @@ def test_few_shot_splits_all(train_df):
     dev = load_sib200("dev", "eng_Latn")
     tr, dv = few_shot_splits(train_df, dev, None, seed=0)
     assert len(tr) == 701 and len(dv) == 99
+
+
+def test_capped_evaluation_rows_are_fixed_nested_and_keep_parallel_sets_parallel():
+    from xlprompt.data.sampling import cap_rows
+
+    english = pd.DataFrame({"text": [f"en {i}" for i in range(50)], "label": [i % 3 for i in range(50)]})
+    german = pd.DataFrame({"text": [f"de {i}" for i in range(50)], "label": [i % 3 for i in range(50)]})
+    small, large = cap_rows(english, 10), cap_rows(english, 25)
+    assert len(small) == 10 and len(large) == 25
+    positions = [int(t.split()[1]) for t in small["text"]]
+    assert positions == sorted(positions) and positions != list(range(10))  # file order, not the first ten
+    assert set(small["text"]) <= set(large["text"])  # a smaller cap is a subset of a larger one
+    assert [t.replace("de", "en") for t in cap_rows(german, 10)["text"]] == small["text"].tolist()
+    assert cap_rows(english, 10).equals(small)  # no seed: the same rows every time
+    assert cap_rows(english, None) is english and cap_rows(english, 50) is english
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(XlpromptError, match="cap"):
+            cap_rows(english, bad)

@@ -185,7 +185,9 @@ def test_runs_that_train_the_model_never_share_a_backbone(tiny_model_dir, tmp_pa
     monkeypatch.setattr(Backbone, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
     specs = expand_grid(sib_grid(tiny_model_dir("bert"), axes={"freeze": [False, True]}))
     assert run_sweep(specs, tmp_path / "store", progress=False).complete
-    assert len(loads) == 3  # one shared by the two frozen runs, a fresh one for each unfrozen run
+    # seeds run in order, frozen first within a seed: per seed one load for the frozen run and a fresh one for
+    # the unfrozen run (which empties the cache, so the next seed's frozen run loads again)
+    assert len(loads) == 4
 
 
 def test_store_rebuild_equals_incremental_and_load_store_notices_new_runs(tiny_model_dir, tmp_path):
@@ -361,3 +363,24 @@ def test_run_ids_are_stable_across_releases(monkeypatch):
     assert grid_mod.run_id(later) == spec.run_id
     changed = {**later, "config": {**later["config"], "new_option": "on"}}
     assert grid_mod.run_id(changed) != spec.run_id
+
+
+def test_seeds_run_in_order_frozen_runs_first_within_a_seed_and_the_cap_applies(tiny_model_dir, tmp_path):
+    specs = expand_grid(sib_grid(tiny_model_dir("bert"), seeds=(1, 0), axes={"freeze": [False, True]},
+                                 limit_per_language=5))
+    done = run_sweep(specs, tmp_path / "store", progress=False)
+    assert done.complete
+    results = json.loads((tmp_path / "store" / "runs" / specs[0].run_id / "results.json").read_text())
+    assert {m["n"] for m in results["languages"].values()} == {5} and results["limit_per_language"] == 5
+    order = sorted(((json.loads((tmp_path / "store" / "runs" / rid / "done.json").read_text())["started"],
+                     spec.config.seed, spec.config.freeze_model) for spec in specs for rid in [spec.run_id]))
+    assert [(seed, frozen) for _, seed, frozen in order] == [(0, True), (0, False), (1, True), (1, False)]
+
+
+def test_a_per_language_cap_is_part_of_the_run_only_when_set():
+    grid = {"fixed": {"task": "sib200", "epochs": 1, "languages": ["eng_Latn"]}, "axes": {"seed": [0]}}
+    (plain,) = expand_grid(grid)
+    (capped,) = expand_grid({**grid, "fixed": {**grid["fixed"], "limit_per_language": 100}})
+    assert plain.limit_per_language is None and "limit_per_language" not in plain.to_dict()
+    assert capped.limit_per_language == 100 and capped.run_id != plain.run_id
+    assert type(capped).from_dict(capped.to_dict()) == capped

@@ -134,6 +134,8 @@ def evaluate(
     langs: str = typer.Option("all", help="all, or comma-separated language codes."),
     out: Optional[Path] = typer.Option(None, help="Write results JSON (and a CSV beside it)."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the task's test split)."),
+    limit_per_language: Optional[int] = typer.Option(None, help="Score at most N rows per language (a fixed, "
+                                                     "seedless rule that keeps parallel sets parallel)."),
     task: Optional[str] = typer.Option(None, help="Score on another task with the same labels and format "
                                        "(an xquad run on mlqa); default: the run's task."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
@@ -171,7 +173,7 @@ def evaluate(
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
     results = _evaluate(run, langs, task=task, split=split, data_dir=data, plan=plan, token_cache=token_cache,
-                        precision=precision, engine=engine)
+                        precision=precision, engine=engine, limit_per_language=limit_per_language)
     target = out or (run_dir / "results.json")
     write_results(results, target)  # before anything that could fail: an evaluation can take an hour
     console.print(results_table(results, sort_by=sort))

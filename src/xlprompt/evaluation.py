@@ -23,6 +23,7 @@ import torch
 from . import io
 from .collate import Encoded, encode_texts, length_sorted_batches
 from .data.languages import resolve_languages
+from .data.sampling import cap_rows
 from .engine.base import Work
 from .device import CPU_MAX_TOKENS, device_info, reset_peak_memory, to_device
 from .errors import XlpromptError
@@ -153,7 +154,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
              data_dir: str | None = None, batch_size: int | None = None,
              max_tokens: int | None | str = "auto", token_cache=True, threads="auto", precision: str = "auto",
              progress: bool = True, device=None, engine: str = "auto", features: bool = True, dtype=None,
-             plan=None) -> dict:
+             plan=None, limit_per_language: int | None = None) -> dict:
     """Per-language metrics of a run: `{"languages": {code: {"accuracy", "macro_f1", "n"}}, ...}`.
 
     All languages' rows are pooled and length-sorted together, so batches are full and padding small.
@@ -169,6 +170,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     `features`: a head-only run at fp32 reads the frozen backbone's pooled features through their cache
     (features.py), so runs on the same backbone and data share one forward pass; False runs the model as
     for every other run (same numbers up to float rounding).
+    `limit_per_language`: score at most this many rows of each language (`data.sampling.cap_rows`: a fixed,
+    seedless rule that keeps parallel test sets parallel); None scores every row.
     """
     from .engine import engine_for
     from .inference import thread_setting
@@ -181,7 +184,7 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     split = split or task.eval_split
     codes = resolve_languages(languages, task.languages(data_dir))
     tokenizer = run.model.backbone.tokenizer
-    frames = {code: task.load(split, code, data_dir) for code in codes}
+    frames = {code: cap_rows(task.load(split, code, data_dir), limit_per_language) for code in codes}
     loaded = time.perf_counter()
     cache = default_token_cache(token_cache)
     encoded = {code: (cache.encode(task, tokenizer, frames[code], config.max_length) if cache else
@@ -242,7 +245,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "run": str(run.path) if run.path else None,
         "model": config.model,
         "train_language": config.train_language or task.train_language,
-        "notes": task.description,  # e.g. which data trained the run where the usual train set is missing
+        "notes": task.description,
+        "limit_per_language": limit_per_language,  # e.g. which data trained the run where the usual train set is missing
         "languages": per_language,
         "mean": mean_metrics(per_language, task.metric_names),
         "seconds": seconds,

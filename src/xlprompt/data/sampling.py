@@ -11,6 +11,7 @@ permuted once and the first n taken), so curves over n compare growing sets, not
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from typing import Any
@@ -95,3 +96,23 @@ def few_shot_splits(train_df: pd.DataFrame, dev_df: pd.DataFrame, n_per_class: i
     if n is None:
         return k_shot(train_df, None, seed), k_shot(dev_df, None, seed)
     return k_shot(train_df, n, seed), k_shot(dev_df, dev_size(n), seed)
+
+
+def position_digest(i: int) -> str:
+    return hashlib.sha1(str(i).encode("ascii")).hexdigest()
+
+
+def cap_rows(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """At most `limit` rows of an evaluation set, by a rule that needs no seed and keeps parallel sets
+    parallel: the rows whose position (0, 1, 2, ... in file order) has the smallest SHA-1 digest of its
+    decimal string, kept in file order. Two languages' files of one parallel set (XNLI, PAWS-X, SIB-200
+    test) keep the same positions, so row i still translates row i; a capped set of a larger cap contains
+    it. None, or a limit at or above the row count, keeps every row."""
+    if limit is None:
+        return df
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
+        raise XlpromptError(f"The per-language cap must be a whole number >= 1 (or none), not {limit!r}.")
+    if len(df) <= limit:
+        return df
+    keep = sorted(sorted(range(len(df)), key=position_digest)[:limit])
+    return df.iloc[keep].reset_index(drop=True)

@@ -47,7 +47,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "reparam": ("str", "method"), "reparam_hidden": ("int?", "method"), "position": ("str", "method"),
     "projection": ("bool", "method"), "projection_hidden": ("int", "method"),
     "solver": ("str", "method"), "c_grid": ("floatlist", "method"), "head_init": ("str", "config"),
-    "languages": ("languages", "eval"), "split": ("str?", "eval"),
+    "languages": ("languages", "eval"), "split": ("str?", "eval"), "limit_per_language": ("int?", "eval"),
 }
 ALIASES = {"freeze": "freeze_model", "prefix_projection": "projection", "train_lang": "train_language",
            "length": "prompt_length", "langs": "languages"}
@@ -62,17 +62,22 @@ class RunSpec:
     config: TrainConfig
     languages: Any = "all"  # "all" or a list of codes
     split: str = "test"
+    limit_per_language: int | None = None  # evaluate.limit_per_language; None (every row) leaves the id as it was
 
     @property
     def run_id(self) -> str:
         return run_id(self.to_dict())
 
     def to_dict(self) -> dict:
-        return {"config": self.config.to_dict(), "languages": self.languages, "split": self.split}
+        out = {"config": self.config.to_dict(), "languages": self.languages, "split": self.split}
+        if self.limit_per_language is not None:
+            out["limit_per_language"] = self.limit_per_language
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(TrainConfig.from_dict(d["config"]), d.get("languages", "all"), d.get("split", "test"))
+        return cls(TrainConfig.from_dict(d["config"]), d.get("languages", "all"), d.get("split", "test"),
+                   d.get("limit_per_language"))
 
     def label(self) -> str:
         """A short human description: model, method and its main knobs."""
@@ -270,7 +275,7 @@ def _build_spec(settings: dict, context: str) -> RunSpec:
         raise XlpromptError(f"Invalid run {context}: {exc}") from None
     task = get_task(config.task)
     split = settings.get("split") or task.eval_split
-    return RunSpec(config, settings.get("languages", "all"), split)
+    return RunSpec(config, settings.get("languages", "all"), split, settings.get("limit_per_language"))
 
 
 def _check_method_options(fixed: dict, blocks: list[dict]) -> None:
@@ -332,7 +337,7 @@ def flat_settings(spec: RunSpec) -> dict:
     out = {**config, "method": method.pop("type")}
     names = {v: k for k, v in METHOD_OPTION.items()}
     out.update({names.get(k, k): v for k, v in method.items()})
-    out.update(languages=spec.languages, split=spec.split)
+    out.update(languages=spec.languages, split=spec.split, limit_per_language=spec.limit_per_language)
     return out
 
 

@@ -116,7 +116,7 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device
         # threads: the count this worker was given (or torch's), not a probe for cores other workers use;
         # fp32 PyTorch always, so a sweep's numbers never depend on which engine `auto` picks on this machine
         results = evaluate(run, spec.languages, split=spec.split, progress=False, threads=threads or None,
-                           precision="fp32", engine="torch")
+                           precision="fp32", engine="torch", limit_per_language=spec.limit_per_language)
         io.write_json(folder / RESULTS, results)
     except Exception as exc:  # recorded, and the sweep goes on; KeyboardInterrupt still stops it
         error = f"{type(exc).__name__}: {exc}"
@@ -297,9 +297,10 @@ def run_sweep(grid_or_specs, store_dir: str | Path, backend: str = "local", work
     store = Path(store_dir)
     runs_dir(store).mkdir(parents=True, exist_ok=True)
     specs = _specs(grid_or_specs)
-    # group runs of one model (frozen first) so a worker's cached backbone serves as many as possible
+    # one model at a time, one seed at a time (an interrupted sweep has whole seeds of every arm), and within
+    # a seed the frozen runs first, so a worker's cached backbone serves as many runs as possible
     order = {m: i for i, m in enumerate(dict.fromkeys(s.config.model for s in specs))}
-    specs.sort(key=lambda s: (order[s.config.model], not s.config.freeze_model))
+    specs.sort(key=lambda s: (order[s.config.model], s.config.seed, not s.config.freeze_model))
     states = plan(specs, store)
     result = SweepResult(store=store, total=len(specs))
     result.skipped = [rid for rid, st in states.items() if st == "done"]
