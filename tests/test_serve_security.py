@@ -198,7 +198,7 @@ def test_per_client_limit_and_disconnect_drop_queued_texts(tiny_model_dir, layou
         port = int(url.rsplit(":", 1)[1])
         body = b'{"prompt": "d2", "texts": ["alpha", "beta", "yes"]}'
         with socket.create_connection(("127.0.0.1", port)) as raw:
-            raw.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            raw.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             wait_for(lambda: batcher.queued == 3)
             assert limits.in_flight == {"127.0.0.1": 7}
@@ -264,3 +264,134 @@ def test_sigterm_drains_queued_requests_then_exits_0(layout):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---- limits before work (issue 27) ---------------------------------------------------------------------
+
+def raw_request(url: str, head: bytes, body: bytes = b"", pause: float = 0.0) -> bytes:
+    """Send a request by hand (a Host header, a slow body) and return the whole answer."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(head)
+        if pause:
+            time.sleep(pause)
+        raw.sendall(body)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.split(b"\r\n\r\n", 1)[1].count(b"}") >= 1:
+                break
+        return answer
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(tiny_model_dir, layout):
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1"])
+    with serving(bank, ServeSettings()) as (url, app):
+        port = url.rsplit(":", 1)[1].encode()
+        for host in (b"localhost:" + port, b"127.0.0.1:" + port, b"[::1]:" + port, b"LOCALHOST"):
+            answer = raw_request(url, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), (host, answer[:80])
+        # a page on evil.example whose name now resolves to 127.0.0.1 (DNS rebinding) gets nothing
+        for host in (b"evil.example", b"evil.example:" + port, b"127.0.0.1.evil.example", b""):
+            answer = raw_request(url, b"GET /prompts HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 421") and b"localhost" in answer, (host, answer[:80])
+
+
+def test_proxy_headers_only_from_the_listed_addresses(tiny_model_dir, layout):
+    """X-Forwarded-For from loopback must not mint a new client for the per-client limit, unless the
+    operator lists loopback as a proxy (--forwarded-allow-ips)."""
+    settings = ServeSettings(max_batch=4, max_wait_ms=0, max_queue=64, max_texts=4, max_client_texts=4)
+    for trusted, second in ((None, 429), ("127.0.0.1", 200)):
+        bank = new_bank(tiny_model_dir, layout["runs"], ["p1"])
+        with serving(bank, settings, forwarded_allow_ips=trusted) as (url, app), ThreadPoolExecutor(2) as pool, \
+                httpx.Client(base_url=url) as client:
+            gate = app.state.batcher.forward = Gate(app.state.batcher.forward)
+            held = pool.submit(client.post, "/classify", json={"prompt": "p1", "texts": TEXTS[:4]})
+            assert gate.entered.wait(10)
+            other = pool.submit(client.post, "/classify", json={"prompt": "p1", "texts": TEXTS[:1]},
+                                headers={"X-Forwarded-For": "10.9.8.7"})
+            if second == 429:
+                assert other.result(10).status_code == 429
+                assert set(app.state.limits.in_flight) == {"127.0.0.1"}
+            else:
+                wait_for(lambda: set(app.state.limits.in_flight) == {"127.0.0.1", "10.9.8.7"})
+            gate.release.set()
+            assert held.result(10).status_code == 200 and other.result(10).status_code == second
+
+
+def test_a_slow_body_is_cut_off_and_oversized_or_nested_bodies_cost_nothing(tiny_model_dir, layout, caplog):
+    settings = ServeSettings(body_seconds=0.5)
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1"])
+    with serving(bank, settings) as (url, app):
+        body = b'{"prompt": "p1", "texts": ["alpha"]}'
+        head = (b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        started = time.monotonic()
+        answer = raw_request(url, head, body[:10], pause=1.5)  # never sends the rest in time
+        assert answer.startswith(b"HTTP/1.1 408") and b"0.5 s" in answer
+        assert time.monotonic() - started < 5
+        assert raw_request(url, head, body).startswith(b"HTTP/1.1 200")  # a whole body in time is fine
+        forwarded = app.state.batcher.stats["texts"]
+        with httpx.Client(base_url=url) as client:
+            big = client.post("/classify", content=b"x" * (settings.body_limit() + 1),
+                              headers={"content-type": "application/json"})
+            nested = client.post("/classify", content=b"[" * 100_000, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and nested.status_code == 400
+        assert app.state.batcher.stats["texts"] == forwarded  # nothing reached the model
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+def test_auth_all_guards_inference_and_listing_but_not_health(tiny_model_dir, layout):
+    with pytest.raises(XlpromptError, match="--auth all needs a token"):
+        ServeSettings(auth="all")
+    with pytest.raises(XlpromptError, match="Unknown --auth"):
+        ServeSettings(auth="some", token=TOKEN)
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1"])
+    with serving(bank, ServeSettings(auth="all", token=TOKEN)) as (url, app), httpx.Client(base_url=url) as client:
+        request = {"prompt": "p1", "texts": ["alpha"]}
+        assert client.post("/classify", json=request).status_code == 401
+        assert client.post("/classify", json=request, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"}
+                           ).status_code == 401
+        assert client.get("/prompts").status_code == 401
+        assert client.post("/classify", json=request, headers=AUTH).status_code == 200
+        assert client.get("/prompts", headers=AUTH).status_code == 200
+        assert client.get("/health").status_code == 200
+        assert TOKEN not in client.get("/health").text
+    with serving(new_bank(tiny_model_dir, layout["runs"], ["p1"]), ServeSettings(token=TOKEN)) as (url, _):
+        assert httpx.post(f"{url}/classify", json={"prompt": "p1", "texts": ["alpha"]}).status_code == 200
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_is_never_printed(tmp_path, layout, monkeypatch):
+    from typer.testing import CliRunner
+
+    from xlprompt.cli import app
+    from xlprompt.serving.access import check_tls, read_token
+
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    assert read_token(tmp_path / "token") == TOKEN and read_token(None, TOKEN) == TOKEN
+    with pytest.raises(XlpromptError, match="not both"):
+        read_token(tmp_path / "token", TOKEN)
+    (tmp_path / "empty").write_text("\n")
+    for bad, message in ((tmp_path / "empty", "is empty"), (tmp_path / "none", "cannot be read")):
+        with pytest.raises(XlpromptError, match=message):
+            read_token(bad)
+    with pytest.raises(XlpromptError, match="both --ssl-certfile and --ssl-keyfile"):
+        check_tls(tmp_path / "token", None)
+    with pytest.raises(XlpromptError, match="is not a file"):
+        check_tls(tmp_path / "cert.pem", tmp_path / "token")
+    assert app.pretty_exceptions_show_locals is False  # a traceback would print the token among the locals
+    monkeypatch.setenv("XLPROMPT_TOKEN", "short")
+    result = CliRunner().invoke(app, ["serve", str(layout["runs"]["p1"]), "--port", "1"])
+    assert result.exit_code == 2 and "at least 16" in result.output and "short" not in result.output.split("error")[0]
+
+
+def test_each_max_length_tokenizes_with_its_own_copy(tiny_model_dir, layout):
+    bank = new_bank(tiny_model_dir, layout["runs"], ["p1", "d2"])
+    tokenizer, lock = bank.reader(bank.get("p1").run.config.max_length)
+    assert bank.get("p1").tokenizer is tokenizer and bank.get("p1").tokenizer_lock is lock
+    assert tokenizer is not bank.backbone.tokenizer  # requests never touch the tokenizer loads and calibration use
+    other, other_lock = bank.reader(7)
+    assert other is not tokenizer and other_lock is not lock
+    assert bank.reader(7)[0] is other  # one copy per length
+    short = bank.get("p1").encode(["a long sentence of many many words"] * 2)
+    assert short == [bank.get("p1").encode(["a long sentence of many many words"])[0]] * 2

@@ -1,9 +1,7 @@
 """The `xlprompt` command: thin, parses options into the same config objects the Python API takes."""
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -292,83 +290,7 @@ def import_peft_cmd(
 
 
 from . import cli_experiments  # noqa: E402,F401  (registers sweep, store, report here, keeping --help's order)
-
-
-@app.command()
-@friendly
-def serve(
-    run_dirs: Optional[list[Path]] = typer.Argument(None, help="Run folders to serve, each named after its folder."),
-    name: Optional[list[str]] = typer.Option(None, "--name", help="NAME=RUN_DIR: serve a run under a name "
-                                             "(repeatable)."),
-    model: Optional[str] = typer.Option(None, help="The one model all prompts share (default: the first run's)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network: needs "
-                             "--token or --insecure)."),
-    port: int = typer.Option(8000),
-    max_batch: int = typer.Option(64, help="Texts per forward pass."),
-    max_wait_ms: float = typer.Option(10.0, help="How long the oldest waiting text may wait for a batch to fill."),
-    max_queue: int = typer.Option(1024, help="Texts that may wait for the model; beyond that requests get 503."),
-    max_texts: int = typer.Option(256, help="Texts per request."),
-    max_chars: int = typer.Option(2000, help="Characters per text."),
-    max_padding: float = typer.Option(0.1, help="Split a batch into length-sorted forward passes with at most "
-                                      "this fraction of padded positions (1: one pass, for GPUs)."),
-    batching: str = typer.Option("mixed", help="mixed: one forward pass mixes prompts; single: one prompt per "
-                                 "pass (the baseline)."),
-    read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
-    prompts_dir: Optional[Path] = typer.Option(None, help="Folder of run folders that POST /prompts may load, "
-                                               "by name (without it, prompts cannot be added while serving)."),
-    token: Optional[str] = typer.Option(None, envvar="XLPROMPT_TOKEN", show_default=False,
-                                        help="Bearer token for POST/DELETE /prompts (without it they answer 403)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Listen on a non-loopback --host without a token."),
-    max_client_texts: Optional[int] = typer.Option(None, help="Texts one client may have waiting or in a batch "
-                                                   "(default: half of --max-queue)."),
-    drain_seconds: float = typer.Option(10.0, help="On SIGTERM: stop accepting, let queued requests finish "
-                                        "within this many seconds, exit 0."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
-    engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
-                               "pip install 'xlprompt[onnx]')."),
-    precision: str = typer.Option("auto", help="auto | fp32 | int8-checked: int8 with close calls rerun in fp32, "
-                                  "each prompt calibrated on its training language's dev set when added. auto: the "
-                                  "execution plan's choice for this CPU (bf16 weights, int8-checked or fp32; "
-                                  "`xlprompt plan --purpose serve`)."),
-    log_level: str = typer.Option("info", help="uvicorn log level."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
-):
-    """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
-    from .engine import check_engine
-    from .serving.multi import PromptBank
-    from .serving.served import check_max_padding, check_serving_precision, name_runs
-    from .serving.access import check_bind, check_prompts_dir
-    from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
-    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             max_texts=max_texts, max_chars=max_chars, batching=batching,
-                             allow_changes=not read_only, token=token, prompts_dir=check_prompts_dir(prompts_dir),
-                             max_client_texts=max_client_texts, drain_seconds=drain_seconds)
-    check_bind(host, settings.token, insecure)
-    check_max_padding(max_padding)
-    execution = _execution(device, dtype)
-    check_engine(engine)
-    check_serving_precision(precision)
-    runs = name_runs(run_dirs or [], name or [])
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-    check_port(host, port)
-    started = time.perf_counter()
-    bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine, precision=precision,
-                                **execution)
-    console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
-                  f"({', '.join(runs) or 'none yet'}) in "
-                  f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
-                  f"{str(bank.backbone.dtype).replace('torch.', '')} weights · precision {bank.precision}"
-                  f"{' (' + bank.precision_why + ')' if precision == 'auto' else ''} · "
-                  f"http://{host}:{port}",
-                  highlight=False, soft_wrap=True)
-    # uvicorn drains on SIGTERM, then re-raises the signal to the handler found before it: a no-op, so a
-    # drained shutdown exits 0
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    make_server(bank, settings, host, port, log_level).run()
+from . import cli_serve  # noqa: E402,F401  (registers serve)
 
 
 def main():  # pragma: no cover - console entry point alias

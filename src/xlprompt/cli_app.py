@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from .errors import XlpromptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# no local variables in tracebacks: they would print secrets such as serve's token
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Soft prompts for cross-lingual transfer on frozen multilingual models.")
 console = Console()
 err_console = Console(stderr=True)

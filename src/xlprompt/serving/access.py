@@ -3,10 +3,14 @@
 - Prompts are added by name from one prompts directory given at start; a name that leaves it (`..`, an
   absolute path, a symlink pointing out) is refused without saying whether the target exists.
 - `POST`/`DELETE /prompts` need `Authorization: Bearer TOKEN`, compared in constant time; a server
-  started without a token refuses them (403).
+  started without a token refuses them (403). With `--auth all` (the default on a non-loopback address)
+  every endpoint but /health needs it. The token comes from `--token-file` or XLPROMPT_TOKEN (argv is
+  visible to every user of the machine) and is never printed.
 - A non-loopback address is refused without a token unless the operator says `--insecure`.
 - One client may have at most `max_client_texts` texts queued or in a batch at once.
-- Error messages are scrubbed of server paths before they are sent.
+- Error messages are scrubbed of server paths before they are sent; 5xx answers carry no exception text.
+- Proxy headers are trusted only from `--forwarded-allow-ips`; a loopback server answers only loopback
+  Host names (DNS rebinding).
 """
 from __future__ import annotations
 
@@ -32,6 +36,30 @@ def check_token(token: str | None) -> str | None:
         raise XlpromptError(f"--token (or XLPROMPT_TOKEN) must be at least {MIN_TOKEN_CHARS} printable ASCII "
                             f"characters without spaces: make one with {TOKEN_HINT}.")
     return token
+
+
+def read_token(token_file: str | os.PathLike | None, token: str | None = None) -> str | None:
+    """The token from `--token-file` (its first line), else `--token`/XLPROMPT_TOKEN; both is an error."""
+    if token_file is None:
+        return token
+    if token:
+        raise XlpromptError("Give the token once: --token-file or --token/XLPROMPT_TOKEN, not both.")
+    try:
+        lines = Path(token_file).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise XlpromptError(f"--token-file {token_file} cannot be read ({type(exc).__name__}): give a text file "
+                            "whose first line is the token.") from None
+    if not lines or not lines[0].strip():
+        raise XlpromptError(f"--token-file {token_file} is empty: its first line must be the token.")
+    return lines[0].strip()
+
+
+def check_tls(certfile: str | os.PathLike | None, keyfile: str | os.PathLike | None) -> None:
+    if (certfile is None) != (keyfile is None):
+        raise XlpromptError("TLS needs both --ssl-certfile and --ssl-keyfile.")
+    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise XlpromptError(f"{option} {path} is not a file.")
 
 
 def bearer_matches(expected: str, header: str | None) -> bool:
@@ -114,7 +142,9 @@ class ClientLimit:
 
 
 # an absolute POSIX path of two or more components, or a Windows drive path
-_PATH = re.compile(r"(?<![\w/.~-])(?:/[^\s'\"/,;:()\[\]{}<>]+){2,}/?|\b[A-Za-z]:\\[^\s'\",;()]+")
+# (a component may hold single spaces when another component follows it: "/srv/my models/run")
+_PART = r"[^\s'\"/,;:()\[\]{}<>]+"
+_PATH = re.compile(rf"(?<![\w/.~-])(?:/(?:{_PART}(?: {_PART})*(?=/)|{_PART})){{2,}}/?|\b[A-Za-z]:\\[^\s'\",;()]+")
 
 
 def public_model(name: str) -> str:

@@ -8,7 +8,6 @@ change, and what answers may reveal, is in `access.py`: no answer holds a server
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from contextlib import asynccontextmanager
@@ -25,13 +24,16 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, ValidationError
+    from pydantic import BaseModel, ConfigDict
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise XlpromptError("xlprompt serve needs FastAPI and uvicorn: pip install 'xlprompt[serve]'.") from exc
 
+from .guard import LOOPBACK_HOSTS, Guard, error_list, fail, parse  # noqa: E402  (needs FastAPI, checked above)
+
 log = logging.getLogger("xlprompt.serve")
+AUTH_MODES = ("write", "all")
 
 
 @dataclass
@@ -47,6 +49,12 @@ class ServeSettings:
     prompts_dir: Path | None = None  # POST /prompts loads run folders from here only, by name
     max_client_texts: int | None = None  # texts one client may have queued or in a batch (None: half the queue)
     drain_seconds: float = 10.0  # on SIGTERM, how long queued requests may take to finish
+    auth: str = "write"        # write: the token guards POST/DELETE /prompts; all: every endpoint but /health
+    body_seconds: float = 10.0  # a request body must arrive within this many seconds (else 408)
+    max_connections: int = 512  # connections and requests at once; beyond it uvicorn answers 503
+    # Host headers a request may carry (None: any). A loopback server allows only loopback names, so a web
+    # page whose domain re-resolves to 127.0.0.1 (DNS rebinding) cannot read its answers
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self):
         self.token = check_token(self.token)
@@ -69,10 +77,18 @@ class ServeSettings:
                                 "could never be queued.")
         if self.batching not in MODES:
             raise XlpromptError(f"Unknown --batching {self.batching!r}: use mixed or single.")
+        if self.auth not in AUTH_MODES:
+            raise XlpromptError(f"Unknown --auth {self.auth!r}: use all (every endpoint but /health needs the "
+                                "token) or write (only POST/DELETE /prompts do).")
+        if self.auth == "all" and self.token is None:
+            raise XlpromptError("--auth all needs a token (--token-file FILE or XLPROMPT_TOKEN): without one "
+                                "nobody could classify.")
+        if self.body_seconds <= 0 or self.max_connections < 1:
+            raise XlpromptError("--body-seconds must be > 0 and --max-connections >= 1.")
 
     def public(self) -> dict:
         """The settings as /health shows them: whether a token and a prompts directory are set, not what."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("token", "prompts_dir")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("token", "prompts_dir", "allowed_hosts")}
         return {**out, "token": self.token is not None, "prompts_dir": self.prompts_dir is not None}
 
     def body_limit(self) -> int:
@@ -100,10 +116,6 @@ def _schema(model) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def fail(status: int, message: str):
-    raise HTTPException(status, message)
-
-
 def check_texts(req: ClassifyRequest, settings: ServeSettings) -> None:
     if not req.texts:
         fail(400, "texts is empty: send at least one text to classify.")
@@ -120,68 +132,6 @@ def check_texts(req: ClassifyRequest, settings: ServeSettings) -> None:
                 fail(400, f"{field}[{i}] is empty: every text needs some content.")
             if len(text) > settings.max_chars:
                 fail(413, f"{field}[{i}] has {len(text)} characters; at most {settings.max_chars}.")
-
-
-class BodyLimit:
-    """Refuses request bodies above a byte limit before they are read in full (pure ASGI, so it also counts
-    chunked bodies that declare no length)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, receive, send)
-        body, more = [], True
-        size = 0
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body.append(message.get("body", b""))
-            size += len(body[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                return await self._refuse(scope, receive, send)
-        whole, sent = b"".join(body), False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": whole, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"error": f"request body exceeds {self.limit} bytes: send fewer or shorter "
-                                          "texts."}, status_code=413)
-        await response(scope, receive, send)
-
-
-def _error_list(errors) -> str:
-    parts = []
-    for e in errors[:10]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
-async def parse(request: Request, model):
-    """The body as `model`, whatever the Content-Type says: `curl -d` sends JSON labelled as a form, and
-    a JSON API should not answer that with a puzzle."""
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        fail(400, "the request body is not valid JSON.")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        fail(422, _error_list(exc.errors()))
 
 
 async def answered_or_left(request: Request, answer: asyncio.Future) -> bool:
@@ -213,7 +163,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
             await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="xlprompt serve", lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=settings.body_limit())
+    app.add_middleware(Guard, limit=settings.body_limit(), seconds=settings.body_seconds,
+                       hosts=settings.allowed_hosts)
     limits = ClientLimit(settings.max_client_texts)
     scrub = Scrubber(settings.prompts_dir, (bank.backbone.name, Path.home(), Path.cwd()))
     app.state.bank, app.state.batcher, app.state.settings, app.state.limits = bank, batcher, settings, limits
@@ -224,12 +175,18 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):  # path parameters
-        return JSONResponse({"error": scrub(_error_list(exc.errors()))}, status_code=422)
+        return JSONResponse({"error": scrub(error_list(exc.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"error": scrub(f"internal error: {type(exc).__name__}: {exc}")}, status_code=500)
+        log.error("unexpected error on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"error": "internal error: the server's log says what failed."}, status_code=500)
+
+    def authenticate(request: Request) -> None:
+        """--auth all: every endpoint but /health needs the token."""
+        if settings.auth == "all" and not bearer_matches(settings.token, request.headers.get("authorization")):
+            raise HTTPException(401, "send the server's token as 'Authorization: Bearer TOKEN'.",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     def authorize(request: Request, action: str) -> None:
         if not settings.allow_changes:
@@ -255,27 +212,33 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
     @app.post("/classify", openapi_extra=_schema(ClassifyRequest))
     async def classify(request: Request):
+        authenticate(request)
         req = await parse(request, ClassifyRequest)
         check_texts(req, settings)
         entry = lookup(req.prompt)
-        try:
-            ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
-        except XlpromptError as exc:
-            fail(400, str(exc))
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-
-        def settle(job):
-            if not answer.done():
-                answer.set_result(job)
-
-        job = Job(entry, ids, lambda job: loop.call_soon_threadsafe(settle, job))
-        client = request.client.host if request.client else "unknown"
-        if not limits.take(client, len(job)):
+        # what a request may take is settled before it costs anything: its client's share, then queue room
+        client, count = (request.client.host if request.client else "unknown"), len(req.texts)
+        if not limits.take(client, count):
             raise HTTPException(429, f"this client has {limits.in_flight.get(client, 0)} texts waiting or in a batch "
-                                     f"and this request adds {len(job)} (at most {limits.limit} at once): wait for "
+                                     f"and this request adds {count} (at most {limits.limit} at once): wait for "
                                      "the answers first", headers={"Retry-After": "1"})
         try:
+            if batcher.queued + count > settings.max_queue:
+                raise HTTPException(503, f"the server is busy: {batcher.queued} texts are queued and this request "
+                                         f"adds {count} (at most {settings.max_queue}): retry shortly",
+                                    headers={"Retry-After": "1"})
+            try:
+                ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
+            except XlpromptError as exc:
+                fail(400, str(exc))
+            loop = asyncio.get_running_loop()
+            answer = loop.create_future()
+
+            def settle(job):
+                if not answer.done():
+                    answer.set_result(job)
+
+            job = Job(entry, ids, lambda job: loop.call_soon_threadsafe(settle, job))
             try:
                 batcher.submit(job)
             except (QueueFull, Closed) as exc:
@@ -284,15 +247,15 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
                 batcher.cancel(job)  # the client left: its rows not yet in a batch are dropped now
                 return JSONResponse({"error": "the client disconnected"}, status_code=499)
         except asyncio.CancelledError:
-            batcher.cancel(job)
+            if "job" in locals():
+                batcher.cancel(job)
             raise
         finally:
-            limits.give(client, len(job))
+            limits.give(client, count)
         if isinstance(job.error, Closed):
             fail(503, str(job.error))
-        if job.error is not None:
-            fail(500, f"the model failed on the batch holding this request: {type(job.error).__name__}: "
-                      f"{job.error}")
+        if job.error is not None:  # the worker logged it; clients learn that it failed, not how
+            fail(500, "the model failed on the batch holding this request; the server's log says why.")
         predictions = [to_prediction(entry, row) for row in job.logits]
         if not all(math.isfinite(s) for p in predictions for s in p.logits):
             fail(500, "the model returned non-finite scores for this request.")
@@ -301,7 +264,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
                                  "scores": dict(zip(entry.label_names, p.scores))} for p in predictions]}
 
     @app.get("/prompts")
-    async def prompts():
+    async def prompts(request: Request):
+        authenticate(request)
         return {"prompts": [public_info(r) for r in bank.runs()]}
 
     @app.post("/prompts", status_code=201, openapi_extra=_schema(AddPromptRequest))
@@ -347,16 +311,27 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
 
 def make_server(bank: PromptBank, settings: ServeSettings | None = None, host: str = "127.0.0.1",
-                port: int = 8000, log_level: str = "info"):
-    """A uvicorn Server for the app (`.run()` blocks; tests run it in a thread and set `should_exit`)."""
+                port: int = 8000, log_level: str = "info", forwarded_allow_ips: str | None = None,
+                ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
+    """A uvicorn Server for the app (`.run()` blocks; tests run it in a thread and set `should_exit`).
+
+    Proxy headers (X-Forwarded-For) are read only from `forwarded_allow_ips` (comma-separated addresses);
+    without it none are, so no caller can choose the address its per-client limit is kept under. A
+    loopback `host` allows only loopback Host headers unless the settings name others."""
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise XlpromptError("xlprompt serve needs uvicorn: pip install 'xlprompt[serve]'.") from exc
+    from .access import is_loopback
 
     settings = settings or ServeSettings()
+    if settings.allowed_hosts is None and is_loopback(host):
+        settings.allowed_hosts = LOOPBACK_HOSTS
     config = uvicorn.Config(create_app(bank, settings), host=host, port=port, log_level=log_level,
-                            lifespan="on", timeout_graceful_shutdown=settings.drain_seconds)
+                            lifespan="on", timeout_graceful_shutdown=settings.drain_seconds,
+                            proxy_headers=bool(forwarded_allow_ips), forwarded_allow_ips=forwarded_allow_ips or "",
+                            limit_concurrency=settings.max_connections, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile)
     return uvicorn.Server(config)
 
 

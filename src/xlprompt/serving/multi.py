@@ -8,6 +8,7 @@ values it sees (deep prompts; shorter prefixes are padded and masked out), and w
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import threading
@@ -66,7 +67,10 @@ class PromptBank:
         self._runs: dict[str, ServedRun] = {}
         self._lock = threading.Lock()          # guards the name -> run table
         self._forward_lock = threading.Lock()  # one forward pass at a time on the shared model
-        self._tokenizer_lock = threading.Lock()  # one tokenizer, shared by every run
+        # the backbone's own tokenizer (label words when a run loads, calibration) and, per max_length, the
+        # copy that requests of runs with that length tokenize with (served.ServedRun.tokenizer)
+        self._tokenizer_lock = threading.Lock()
+        self._readers: dict[int, tuple[object, threading.Lock]] = {}
         self._identity = None
         # decoders number text positions after their prefix; rows with different prefix lengths need
         # explicit positions (BLOOM takes none: its ALiBi positions come from the mask, which is exact)
@@ -126,22 +130,31 @@ class PromptBank:
         run_dir = Path(run_dir).expanduser()
         config = read_servable_config(run_dir)
         self._check_model(config.model, run_dir)
-        try:
-            run = Run.load(run_dir, backbone=self.backbone)
-        except XlpromptError:
-            raise
-        except Exception as exc:  # unreadable tensors, shapes that do not fit this model
-            raise XlpromptError(f"{run_dir} could not be loaded: {type(exc).__name__}: {exc}") from exc
-        task = get_task_for(run.config)  # once here, not per request
-        entry = ServedRun(name, run_dir.resolve(), run, tuple(task.label_names), task.pairs, run.model.collator(),
-                          self._tokenizer_lock)
-        if self.precision == "int8-checked":
-            entry.recheck_threshold = self._calibrate(entry, task)
+        with self._tokenizer_lock:  # a decoder's label words are tokenized while it loads; calibration tokenizes
+            try:
+                run = Run.load(run_dir, backbone=self.backbone)
+            except XlpromptError:
+                raise
+            except Exception as exc:  # unreadable tensors, shapes that do not fit this model
+                raise XlpromptError(f"{run_dir} could not be loaded: {type(exc).__name__}: {exc}") from exc
+            task = get_task_for(run.config)  # once here, not per request
+            entry = ServedRun(name, run_dir.resolve(), run, tuple(task.label_names), task.pairs,
+                              run.model.collator(), *self.reader(run.config.max_length))
+            if self.precision == "int8-checked":
+                entry.recheck_threshold = self._calibrate(entry, task)
         with self._lock:
             if name in self._runs:  # another thread added the same name while this one loaded
                 raise DuplicateName(f"A prompt named {name!r} is already loaded.")
             self._runs[name] = entry
         return entry
+
+    def reader(self, max_length: int) -> tuple[object, threading.Lock]:
+        """The tokenizer copy (and its lock) that requests of runs with this max_length use; the caller
+        holds `_tokenizer_lock`, since copying reads the backbone's tokenizer."""
+        with self._lock:
+            if max_length not in self._readers:
+                self._readers[max_length] = (copy.deepcopy(self.backbone.tokenizer), threading.Lock())
+            return self._readers[max_length]
 
     def _calibrate(self, entry: ServedRun, task) -> float | None:
         """The run's int8-checked threshold from its training language's dev set (a few seconds); None, with

@@ -37,8 +37,11 @@ class ServedRun:
     label_names: tuple[str, ...]
     takes_pairs: bool  # each example is two texts (the run's task says so; fixed when the run is added)
     collator: Collator = field(repr=False)
-    # a fast tokenizer keeps truncation settings as state between calls, so runs with different
-    # max_length tokenizing at once in different threads would truncate by each other's length
+    # a fast tokenizer keeps truncation settings as state between calls, so runs with different max_length
+    # tokenizing at once would truncate by each other's length: the bank gives each max_length its own copy
+    # of the tokenizer (`PromptBank.reader`), and its lock, so requests never wait on another length's
+    # tokenization or on a prompt being added; None: the backbone's own tokenizer
+    tokenizer: object = field(default=None, repr=False)
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # int8-checked: rows whose int8 margin is below this run again in fp32; None = this run's rows run fp32
     recheck_threshold: float | None = None
@@ -72,7 +75,7 @@ class ServedRun:
             need = "needs text_pairs (one second text per text)" if self.takes_pairs else \
                 "takes single texts, not text_pairs"
             raise XlpromptError(f"Prompt {self.name!r} is a {self.run.config.task} run: it {need}.")
-        tokenizer = self.model.backbone.tokenizer
+        tokenizer = self.tokenizer if self.tokenizer is not None else self.model.backbone.tokenizer
         with self.tokenizer_lock:
             return encode_texts(tokenizer, texts, [0] * len(texts), self.run.config.max_length, text_pairs).token_ids
 
