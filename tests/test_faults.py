@@ -346,3 +346,36 @@ def test_sigkill_during_the_store_rebuild_loses_nothing(store):
             proc.kill()
     assert not (store / RESULTS_FILE).exists()
     check_rows(load_store(store), {**expected, **more})
+
+
+def test_written_files_are_readable_by_others_and_locks_are_never_seen_empty(tmp_path, monkeypatch):
+    import stat
+
+    from xlprompt import io
+    from xlprompt.experiments.lock import RunLock
+
+    old = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "a.json", {"x": 1})
+        io.save_tensors(tmp_path / "t.safetensors", {"w": __import__("torch").zeros(2)})
+    finally:
+        os.umask(old)
+    for name in ("a.json", "t.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    # a lock is linked into place whole: the moment it exists it names its owner
+    seen = []
+    real_link = os.link
+
+    def link_and_look(src, dst):
+        real_link(src, dst)
+        seen.append(json.loads(Path(dst).read_text()))
+
+    monkeypatch.setattr(os, "link", link_and_look)
+    lock = RunLock(tmp_path / "r.lock")
+    assert lock.acquire()
+    try:
+        assert seen and seen[0]["pid"] == os.getpid()
+        assert not RunLock(tmp_path / "r.lock").acquire()  # held by a live process
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staged file left
+    finally:
+        lock.release()

@@ -1,6 +1,8 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename, then fsync the folder.
 
 A crash leaves either the old file or the new one, never a half-written file that is later read as whole.
+Files get the permissions a plain `open` would give them (0644 under the usual umask), not mkstemp's 0600,
+so a run folder written by one user can be served or read by another.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+        fsync_folder(path.parent)
     except WriteFailed:
         raise
     except OSError as exc:  # the disk filled while writing, or the rename was refused
@@ -39,6 +43,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,12 +1,14 @@
 """One lock file per run, so two sweeps on one store (or a rerun racing a dying one) never run it twice.
 
-The lock is created with O_CREAT|O_EXCL, which is atomic on local filesystems and on NFSv3+, and holds
-`{host, pid, start, time}`. A holder keeps touching it (heartbeat). It is stale when its process is gone:
+The lock is written whole into a private file and hard-linked into place (link fails when the lock exists,
+as O_CREAT|O_EXCL does, atomically on local filesystems and NFS; where links are unsupported, O_EXCL), so
+it is never seen empty, and holds `{host, pid, start, time}`. A holder keeps touching it (heartbeat). It is stale when its process is gone:
 on the same host we ask the kernel (pid dead, zombie, or a reused pid with another start time); from
 another host we cannot, so a lock whose heartbeat is older than `stale_after` seconds counts as stale.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -14,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}  # link() unsupported here
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 600.0
 
@@ -79,17 +82,31 @@ class RunLock:
     def acquire(self) -> bool:
         """Take the lock, breaking a stale one; False when a live process holds it."""
         for _ in range(3):
+            # the owner is written into a private file first and linked into place (link fails if the
+            # lock exists, like O_EXCL), so no reader ever sees an empty or half-written lock
+            staged = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+            staged.write_text(json.dumps(self._owner()))
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                try:
+                    os.link(staged, self.path)
+                except OSError as exc:
+                    if isinstance(exc, FileExistsError) or exc.errno not in _NO_LINKS:
+                        raise
+                    self._create_exclusive()  # a filesystem without hard links: O_EXCL, then the owner
             except FileExistsError:
                 if not self._break_stale():
                     return False
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._owner(), fh)
+            finally:
+                staged.unlink(missing_ok=True)
             self._start_heartbeat()
             return True
         return False
+
+    def _create_exclusive(self) -> None:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._owner(), fh)
 
     def _break_stale(self) -> bool:
         """Move a stale lock aside and delete it. Renaming first means that of two processes breaking the
