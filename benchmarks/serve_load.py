@@ -39,6 +39,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import serve_abuse  # noqa: E402  (beside this script)
+
 LANGUAGES = ["eng_Latn", "deu_Latn", "fra_Latn", "zho_Hans", "arb_Arab", "hin_Deva", "swh_Latn", "rus_Cyrl"]
 KINDS = [("input_prompt", 1), ("input_prompt", 5), ("input_prompt", 10), ("input_prompt", 20),
          ("deep_prompt", 4), ("deep_prompt", 16)]
@@ -209,6 +211,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("serve_load.json"))
     parser.add_argument("--long", type=int, help="instead: N requests to one mixed server, its memory over time")
     parser.add_argument("--sample-every", type=int, default=500, help="--long: requests between memory samples")
+    serve_abuse.add_arguments(parser)
     args = parser.parse_args()
     args.requests = args.requests or (48 if args.quick else 400)
     args.seconds = args.seconds or (20.0 if args.quick else 120.0)
@@ -232,6 +235,8 @@ def main() -> None:
     log_path = args.out.with_suffix(".log")
     if args.long:
         return long_main(runs, counts, texts, args, log_path, root, started)
+    if args.slow_clients:
+        return abuse_main(runs, texts, args, log_path, root, started)
     configs = [(b, p) for p in args.precisions.split(",") for b in args.batchings.split(",")]
     servers = {}
     with open(log_path, "w") as log:
@@ -290,6 +295,27 @@ def long_main(runs, counts, texts, args, log_path, root, started) -> None:
     write_json(args.out, {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                           "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                           "seconds": time.perf_counter() - started, "exit_code": code, "long": result})
+    print(f"wrote {args.out} · server log {log_path}")
+    if args.runs_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def abuse_main(runs, texts, args, log_path, root, started) -> None:
+    names = list(runs)[:1]
+    with open(log_path, "w") as log:
+        process, url = start_server({n: runs[n] for n in names}, "mixed", args, log, "fp32")
+        try:
+            wait_ready(process, url, args.start_seconds)
+            asyncio.run(load(url, names, texts, argparse.Namespace(**{**vars(args), "requests": 8}), 0))
+            result = serve_abuse.abuse_run(url, names, texts, args, load)
+        finally:
+            process.terminate()
+            process.wait(60)
+    from xlprompt.io import write_json
+
+    write_json(args.out, {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                          "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                          "seconds": time.perf_counter() - started, "abuse": result})
     print(f"wrote {args.out} · server log {log_path}")
     if args.runs_dir is None:
         shutil.rmtree(root, ignore_errors=True)

@@ -336,8 +336,9 @@ def test_sigkill_during_the_store_rebuild_loses_nothing(store):
     (store / RESULTS_FILE).unlink()  # a first rebuild killed the same way leaves no table, not a torn one
     proc = subprocess.Popen([sys.executable, "-c", child, str(store), str(marker) + "2"])
     try:
+        deadline = time.monotonic() + 120
         while not Path(str(marker) + "2").exists():
-            assert proc.poll() is None
+            assert proc.poll() is None and time.monotonic() < deadline, "the rebuild ended or stalled"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)

@@ -228,7 +228,8 @@ def test_sigterm_drains_queued_requests_then_exits_0(layout):
             "from xlprompt.cli import app; app()")
     command = [sys.executable, "-c", code, os.path.dirname(__file__), "serve", str(layout["runs"]["p1"]),
                "--port", str(port),
-               "--max-wait-ms", "3000", "--max-batch", "64", "--log-level", "warning", "--drain-seconds", "20"]
+               # texts wait for a fuller batch for up to 10 min: only the drain can run them
+               "--max-wait-ms", "600000", "--max-batch", "64", "--log-level", "warning", "--drain-seconds", "60"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -245,17 +246,17 @@ def test_sigterm_drains_queued_requests_then_exits_0(layout):
         with ThreadPoolExecutor(3) as pool:
             answers = [pool.submit(httpx.post, url + "/classify", json={"prompt": "p1", "texts": TEXTS[i:i + 2]},
                                    timeout=60) for i in range(3)]
-            wait_for(lambda: httpx.get(url + "/health").json()["queued_texts"] == 6)  # waiting for a batch
+            wait_for(lambda: httpx.get(url + "/health").json()["queued_texts"] == 6, 60)  # waiting for a batch
+            assert httpx.get(url + "/health").json()["batches"] == 0
             process.send_signal(signal.SIGTERM)
-            stopped_accepting = False
-            for _ in range(40):
-                time.sleep(0.05)
+            stopped_accepting, deadline = False, time.monotonic() + 30
+            while not stopped_accepting and time.monotonic() < deadline:
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    time.sleep(0.05)
                 except OSError:
                     stopped_accepting = True
-                    break
-            results = [a.result() for a in answers]
+            results = [a.result(60) for a in answers]
         assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
         assert all(len(r.json()["predictions"]) == 2 for r in results)
         assert stopped_accepting

@@ -158,7 +158,16 @@ def test_local_sweep_end_to_end_then_resume_skips(tiny_model_dir, tmp_path, monk
     frame = assert_complete(store, specs)
     assert list(frame.columns[:len(COLUMNS)]) == list(COLUMNS)
     assert set(frame["method"]) == {"input_prompt"} and set(frame["reparam"]) == {"none", "mlp"}
-    assert set(frame["language"]) == set(LANGS) and frame["accuracy"].between(0, 1).all()
+    assert set(frame["language"]) == set(LANGS)
+    # each row is what its saved run scores when loaded and evaluated again
+    from xlprompt import evaluate, load
+
+    for spec in specs[:2]:
+        again = evaluate(load(store / "runs" / spec.run_id), LANGS, progress=False, precision="fp32")
+        rows = frame[frame["run_id"] == spec.run_id].set_index("language")
+        for code in LANGS:
+            assert rows.loc[code, "accuracy"] == pytest.approx(again["languages"][code]["accuracy"])
+            assert rows.loc[code, "n"] == again["languages"][code]["n"]
     assert frame["shots"].eq(2).all() and frame["prompt_length"].eq(2).all() and frame["freeze_model"].all()
     assert set(frame["head_lr"]) == {s.config.head_lr for s in specs}  # a "why" setting the report compares
     assert frame["head_weight_decay"].eq(0.0).all()  # no decay asked: the run's weight_decay, 0
@@ -256,18 +265,31 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "xlprompt.cli", "sweep", str(grid_path), "--store", str(store), "--no-progress"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline, killed_during = time.time() + 120, None
+    # the same sweep, stopped for good inside its second run (after the first is done): killed there, at a
+    # point the test knows rather than one it has to catch by polling
+    marker = tmp_path / "second-run-started"
+    paused = ("import sys, time; from pathlib import Path\n"
+              "marker = Path(sys.argv[1])\n"
+              "import xlprompt.experiments.runner as runner\n"
+              "real, calls = runner._train_and_evaluate, []\n"
+              "def pause(spec, folder, *a, **k):\n"
+              "    calls.append(folder.name)\n"
+              "    if len(calls) == 2:\n"
+              "        marker.write_text(folder.name); time.sleep(300)\n"
+              "    return real(spec, folder, *a, **k)\n"
+              "runner._train_and_evaluate = pause\n"
+              "from xlprompt.cli import app; sys.argv = ['xlprompt', *sys.argv[2:]]; app()\n")
+    proc = subprocess.Popen([sys.executable, "-c", paused, str(marker), *cmd[3:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline, killed_during = time.monotonic() + 120, None
     try:
-        # kill once a run is done and the next one has started (its folder exists without done.json)
-        while time.time() < deadline and proc.poll() is None:
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if marker.exists():
+            os.kill(proc.pid, signal.SIGKILL)
             done = {p.parent.name for p in store.glob("runs/*/done.json")}
-            partial = [p for p in store.glob("runs/*") if p.is_dir() and p.name not in done]
-            if done and partial:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_during = {p.name: sorted(f.name for f in p.iterdir()) for p in partial}
-                break
-            time.sleep(0.01)
+            killed_during = {p.name: sorted(f.name for f in p.iterdir())
+                             for p in store.glob("runs/*") if p.is_dir() and p.name not in done}
     finally:
         if proc.poll() is None and killed_during is None:
             proc.kill()
@@ -275,7 +297,7 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
     assert killed_during is not None, f"the sweep ended or stalled before it could be killed:\n{output}"
     assert proc.returncode == -signal.SIGKILL
     before = {p.parent.name: p.stat().st_mtime_ns for p in store.glob("runs/*/done.json")}
-    assert 1 <= len(before) < len(specs)
+    assert len(before) == 1 and list(killed_during) == [marker.read_text()]
     print(f"\nkilled with {len(before)}/{len(specs)} runs done; partial folders: {killed_during}; "
           f"locks left: {[p.name for p in store.glob('runs/*.lock')]}")
 

@@ -327,12 +327,19 @@ def make_server(bank: PromptBank, settings: ServeSettings | None = None, host: s
     settings = settings or ServeSettings()
     if settings.allowed_hosts is None and is_loopback(host):
         settings.allowed_hosts = LOOPBACK_HOSTS
-    config = uvicorn.Config(create_app(bank, settings), host=host, port=port, log_level=log_level,
+    app = create_app(bank, settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: queued requests run now, then the drain ends
+            app.state.batcher.hurry()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             lifespan="on", timeout_graceful_shutdown=settings.drain_seconds,
                             proxy_headers=bool(forwarded_allow_ips), forwarded_allow_ips=forwarded_allow_ips or "",
                             limit_concurrency=settings.max_connections, ssl_certfile=ssl_certfile,
                             ssl_keyfile=ssl_keyfile)
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def check_port(host: str, port: int) -> None:

@@ -66,6 +66,7 @@ class Batcher:
         self._queued = 0               # texts waiting, not yet in a batch
         self._cond = threading.Condition()
         self._stopping = False
+        self._hurry = False  # draining: batches no longer wait to fill
         self._thread = threading.Thread(target=self._work, name="xlprompt-model-worker", daemon=True)
         self.stats = {"batches": 0, "texts": 0, "failed_batches": 0}
 
@@ -102,6 +103,12 @@ class Batcher:
         with self._cond:
             job.cancelled = True
             self._drop_dead()
+
+    def hurry(self) -> None:
+        """The server is draining (SIGTERM): run what waits at once instead of waiting for fuller batches."""
+        with self._cond:
+            self._hurry = True
+            self._cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work, let the batch in progress finish, fail what still waits."""
@@ -158,7 +165,7 @@ class Batcher:
                     return None
                 self._cond.wait()
             deadline = self._chunks[0][0].enqueued + self.max_wait
-            while not self._stopping and self._ready() < self.max_batch:
+            while not self._stopping and not self._hurry and self._ready() < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
