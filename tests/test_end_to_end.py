@@ -23,3 +23,10 @@ def test_train_and_evaluate_offline_default_on_three_languages(tmp_path):
     assert all(m["n"] == 204 for m in results["languages"].values())
     # 8 shots per class for 3 epochs is little training, but well above chance (1/7) on English
     assert results["languages"]["eng_Latn"]["accuracy"] > 0.35
+    # pinned: what this training and evaluation gave (2026-12-07, torch 2.13 CPU), right answers out of 204
+    # per language; one sentence of slack for float rounding on other CPUs. A change in training, sampling
+    # or evaluation moves these; if it is meant to, update them and say why in the commit
+    pinned = {"eng_Latn": 113, "deu_Latn": 106, "swh_Latn": 105}
+    for code, right in pinned.items():
+        got = results["languages"][code]["accuracy"] * 204
+        assert abs(got - right) <= 1, (code, got, right)

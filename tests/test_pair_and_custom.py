@@ -16,6 +16,7 @@ from xlprompt.data.pairs import PAWSX, XNLI, hash_bucket, load_pairs, pair_langu
 from xlprompt.evaluation import evaluate
 from xlprompt.prompts.config import DeepPromptConfig
 from xlprompt.run import Run
+from xlprompt.tasks import get_task
 
 runner = CliRunner()
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "xnli").is_dir() or not (SHARED_DATA / "pawsx").is_dir(),
@@ -118,6 +119,32 @@ def test_xnli_end_to_end(tiny_model_dir, small_pairs, tmp_path):
     assert results["task"] == "xnli" and set(results["languages"]) == {"de", "en", "sw"}
     assert all(set(m) == {"accuracy", "macro_f1", "n"} and m["n"] == 30 for m in results["languages"].values())
     assert results["mean"]["languages"] == 3 and "English XNLI dev" in results["notes"]
+    # Run.predict reads pairs as evaluate does: its labels give evaluate's accuracy on the same rows
+    run = Run.load(tmp_path / "run")
+    german = get_task("xnli").load("test", "de", str(small_pairs))
+    labels = run.predict(german["text"].tolist(), text_pairs=german["text_pair"].tolist(), precision="fp32")
+    gold = [run.model_label_names()[i] for i in german["label"]]
+    assert results["languages"]["de"]["accuracy"] == pytest.approx(sum(a == b for a, b in zip(labels, gold)) / 30)
+    # served over HTTP: the same labels for the same pairs, at the precision the plan picks for serving
+    import httpx
+
+    from test_serve import serving
+    from xlprompt.execution import resolve
+    from xlprompt.serving import PromptBank
+    from xlprompt.serving.app import ServeSettings
+
+    bank = PromptBank(run.model.backbone)  # precision auto, as `xlprompt serve` starts
+    bank.add("nli", tmp_path / "run")
+    with serving(bank, ServeSettings(max_texts=32)) as (url, _), httpx.Client(base_url=url) as client:
+        health = client.get("/health").json()
+        expected = resolve("cpu", None, "auto", "auto", threads=None, purpose="serve", backbone=run.model.backbone)
+        assert health["precision"] == expected.precision and health["precision_why"]
+        answer = client.post("/classify", json={"prompt": "nli", "texts": german["text"].tolist(),
+                                                "text_pairs": german["text_pair"].tolist()})
+        assert answer.status_code == 200, answer.text
+        assert [p["label"] for p in answer.json()["predictions"]] == labels
+        single = client.post("/classify", json={"prompt": "nli", "texts": ["a premise"]})
+        assert single.status_code == 400 and "needs text_pairs" in single.json()["error"]
 
 
 def test_pawsx_end_to_end_cli(tiny_model_dir, small_pairs, tmp_path):

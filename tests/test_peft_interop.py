@@ -202,3 +202,33 @@ def test_import_of_a_peft_saved_adapter_and_the_cli(tiny_model_dir, toy_task, tm
     assert torch.equal(load_tensors(tmp_path / "again" / "adapter_model.safetensors")["prompt_embeddings"], saved)
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "only format is peft" in res.output
+
+
+def test_encoder_prefix_is_read_by_peft_and_differs_only_by_positions(trained, tmp_path):
+    """A deep prompt on an encoder, exported and read by real `peft` (prefix tuning, feature extraction).
+    PEFT lets BERT number the text after the prefix, xlprompt keeps the text's own positions: the export
+    says predictions differ, and with the text's positions given explicitly PEFT gives the run's logits,
+    so the adapter holds exactly the trained prefix."""
+    model_dir, run_dir, run = trained("bert", DeepPromptConfig(length=3))
+    adapter = tmp_path / "adapter"
+    report = export_peft(run_dir, adapter)
+    assert report.peft_type == "PREFIX_TUNING" and report.task_type == "FEATURE_EXTRACTION"
+    assert not report.predictions_match and "positions" in report.text()
+    frame = texts()
+    inputs = user_inputs(model_dir, frame)
+    head = load_tensors(adapter / "head.safetensors")
+    mask = inputs["attention_mask"].float().unsqueeze(-1)  # prefixes are keys and values, not positions
+    model = peft_model(model_dir, adapter, decoder=False)
+    positions = torch.arange(inputs["input_ids"].shape[1]).expand_as(inputs["input_ids"])
+    prefix_mask = torch.cat([torch.ones(len(frame), 3, dtype=inputs["attention_mask"].dtype),
+                             inputs["attention_mask"]], 1)
+    with torch.no_grad():
+        shifted = model(**inputs).last_hidden_state  # PEFT's own forward (it drops position_ids given to it)
+        # the base model with PEFT's prefix cache, numbering the text from 0 as xlprompt does
+        own = model.base_model(input_ids=inputs["input_ids"], attention_mask=prefix_mask, position_ids=positions,
+                               past_key_values=model.get_prompt(batch_size=len(frame))).last_hidden_state
+    ours = xlprompt_logits(run, frame)
+    for hidden, same in ((own, True), (shifted, False)):
+        theirs = F.linear((hidden * mask).sum(1) / mask.sum(1), head["linear.weight"], head["linear.bias"])
+        assert bool((theirs - ours).abs().max() < TOL) == same
+    round_trip(adapter, run, tmp_path, frame)

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from xlprompt.errors import XlpromptError
 from xlprompt import TrainConfig, fit, load
 from xlprompt.collate import encode_texts
 from xlprompt.evaluation import predict_encoded
@@ -158,6 +159,13 @@ def test_a_run_folder_holds_only_its_own_parts(tiny_model_dir, toy_task, tmp_pat
     (folder / "backbone.safetensors").write_bytes((tmp_path / "tuned" / "backbone.safetensors").read_bytes())
     fresh = load(folder).model.backbone.model.state_dict()
     assert all(torch.equal(fresh[k], frozen[k]) for k in frozen)
+    texts = ["alpha w1 w2", "beta w3", "alpha w4 w5 w6"]
+    with torch.no_grad():
+        assert load(folder).predict(texts, precision="fp32") == prompt.predict(texts, precision="fp32")
+    # a part run.json lists that has gone missing is an error, not a fresh random prompt
+    (folder / "prompt.safetensors").unlink()
+    with pytest.raises(XlpromptError, match="prompt.safetensors .*missing"):
+        load(folder)
 
 
 def test_saving_over_a_run_removes_its_results_and_results_never_pair_new_json_with_old_csv(

@@ -170,8 +170,13 @@ class Run:
                                  plan=plan)
         if meta.get("prompt_materialized"):
             materialize_method(model)  # the fresh module must match the saved, net-free state
-        # only the parts run.json lists: a stray file (another run's backbone) is never loaded
+        # only the parts run.json lists: a stray file (another run's backbone) is never loaded, and a listed
+        # part that is gone is an error, not a silently fresh prompt or head
         listed = meta.get("files")
+        missing = [name for name in listed or () if name in FILES.values() and not (run_dir / name).exists()]
+        if missing:
+            raise XlpromptError(f"{run_dir} lists {', '.join(missing)} in run.json, but the file is missing: the "
+                                "run folder is incomplete (copy it again, or train the run again).")
         state = {part: io.load_tensors(run_dir / name) for part, name in FILES.items()
                  if (run_dir / name).exists() and (listed is None or name in listed)}
         state.setdefault("head", {})
