@@ -114,7 +114,8 @@ def _register_toy():
 
     return register_task(Task(name="toy", label_names=("beta", "alpha"), load=load,
                               languages=lambda data_dir=None: ["deu_Latn", "eng_Latn"],
-                              label_words={"xglm": ["no", "yes"]}, description="toy task for tests"))
+                              label_words={"xglm": ["no", "yes"]}, description="toy task for tests",
+                              parallel_split="test"))  # rows share index_ids across languages
 
 
 @pytest.fixture(scope="session")

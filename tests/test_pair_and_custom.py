@@ -119,6 +119,13 @@ def test_xnli_end_to_end(tiny_model_dir, small_pairs, tmp_path):
     assert results["task"] == "xnli" and set(results["languages"]) == {"de", "en", "sw"}
     assert all(set(m) == {"accuracy", "macro_f1", "n"} and m["n"] == 30 for m in results["languages"].values())
     assert results["mean"]["languages"] == 3 and "English XNLI dev" in results["notes"]
+    # alignment on parallel pairs (XNLI test rows translate each other): both texts of a pair are pooled
+    from xlprompt.representations import measure_run
+
+    found = measure_run(Run.load(tmp_path / "run"), None, 10)
+    assert found["pivot"] == "en" and found["languages"] == ["de", "sw"] and found["split"] == "test"
+    assert len(found["layers"]) == 2 * (found["layer"] + 1) and len(found["rows"]) == 2
+    assert all(0 <= r["retrieval"] <= 1 and -1 <= r["cosine"] <= 1 for r in found["layers"])
     # Run.predict reads pairs as evaluate does: its labels give evaluate's accuracy on the same rows
     run = Run.load(tmp_path / "run")
     german = get_task("xnli").load("test", "de", str(small_pairs))

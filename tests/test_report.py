@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from xlprompt.analysis import languages as L
 from xlprompt.analysis import tables as T
-from xlprompt.analysis.alignment import PRETRAINED
+from xlprompt.representations import PRETRAINED
 from xlprompt.analysis.report import write_report
 from xlprompt.cli import app
 
@@ -410,6 +410,6 @@ def test_alignment_with_seeds_is_measured_kept_in_the_run_folders_and_reused(rep
     assert len(row) == 1 and row[0]["languages"] == 1 and row[0]["verdict"] == "undecided"
     assert "retrieval" in row[0]["number"]
     # a second pass reads the run folders' numbers instead of running the model
-    monkeypatch.setattr("xlprompt.analysis.alignment.run_alignment", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("xlprompt.representations.run_alignment", lambda *a, **k: pytest.fail("measured again"))
     again, notes = alignment_seeds.measure(T.load_results(store), store, sentences=12)
     assert len(again) == len(measured) and all("cached" in n for n in notes if "alignment of" in n and "not" not in n)

@@ -387,13 +387,20 @@ def test_run_ids_are_stable_across_releases(monkeypatch):
     assert grid_mod.run_id(changed) != spec.run_id
 
 
-def test_seeds_run_in_order_frozen_runs_first_within_a_seed_and_the_cap_applies(tiny_model_dir, tmp_path):
+def test_seeds_run_in_order_frozen_runs_first_within_a_seed_the_cap_applies_and_alignment_is_kept(tiny_model_dir, tmp_path):
     specs = expand_grid(sib_grid(tiny_model_dir("bert"), seeds=(1, 0), axes={"freeze": [False, True]},
-                                 limit_per_language=5))
+                                 limit_per_language=5, alignment=4))
     done = run_sweep(specs, tmp_path / "store", progress=False)
     assert done.complete
     results = json.loads((tmp_path / "store" / "runs" / specs[0].run_id / "results.json").read_text())
     assert {m["n"] for m in results["languages"].values()} == {5} and results["limit_per_language"] == 5
+    # alignment is recorded in every run folder while the run's weights are there (fine-tuned ones too)
+    for spec in specs:
+        found = json.loads((tmp_path / "store" / "runs" / spec.run_id / "alignment.json").read_text())
+        assert found["sentences"] == 4 and found["pivot"] == "eng_Latn" and len(found["languages"]) == 20
+        assert found["condition"] == "with prompt"  # every run here has a prompt (frozen or not)
+        layers = {(r["language"], r["layer"]) for r in found["layers"]}
+        assert len(layers) == 20 * (found["layer"] + 1) and all(0 <= r["retrieval"] <= 1 for r in found["layers"])
     order = sorted(((json.loads((tmp_path / "store" / "runs" / rid / "done.json").read_text())["started"],
                      spec.config.seed, spec.config.freeze_model) for spec in specs for rid in [spec.run_id]))
     assert [(seed, frozen) for _, seed, frozen in order] == [(0, True), (0, False), (1, True), (1, False)]

@@ -20,11 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from ..representations import FILE, LANGUAGES
 from . import stats as S
 from . import tables as T
-
-LANGUAGES = 20  # target languages measured per run (alignment.DEFAULT_LANGUAGES first, then sorted codes)
-FILE = "alignment.json"
 
 
 def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.DataFrame | None:
@@ -41,28 +39,26 @@ def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.Da
 
 def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> tuple[pd.DataFrame, str]:
     """Last-layer retrieval and cosine per language for one run folder, from its `alignment.json` when that
-    covers the request, else computed (and written there)."""
+    covers the request (a sweep writes it while a fine-tuned run's weights are there), else computed (and
+    written there)."""
     from .. import load
+    from ..representations import measure_run as measure
+    from ..representations import pick_languages
+    from ..run import Run
     from ..tasks import get_task
-    from .alignment import pick_languages, run_alignment
 
-    run = load(run_dir)
-    task = get_task(run.config.task)
-    pivot = run.config.train_language or task.train_language
-    available = [c for c in task.languages(run.config.data_dir) if c != pivot]
+    config = Run.read_config(run_dir)
+    task = get_task(config.task)
+    pivot = config.train_language or task.train_language
+    available = [c for c in task.languages(config.data_dir) if c != pivot]
     codes = [c for c in (languages or pick_languages(sorted(available), LANGUAGES)) if c in available]
     cached = _cached(run_dir, codes, sentences)
     if cached is not None:
         return cached, "cached"
     started = time.perf_counter()
-    scores, _, _, _ = run_alignment(run, run_dir.name, codes, pivot, sentences, plain=False)
-    condition = "with prompt" if run.model.method is not None else scores["condition"].iloc[0]
-    last = scores[(scores["condition"] == condition) & (scores["layer"] == scores["layer"].max())]
-    rows = last[["language", "retrieval", "cosine"]].reset_index(drop=True)
-    io.write_cache_entry(run_dir / FILE, {"pivot": pivot, "sentences": sentences, "languages": codes,
-                                          "condition": condition, "layer": int(scores["layer"].max()),
-                                          "rows": rows.to_dict("records")})  # a read-only store: measured again
-    return rows, f"{time.perf_counter() - started:.0f}s"
+    found = measure(load(run_dir), codes, sentences)
+    io.write_cache_entry(run_dir / FILE, found)  # a read-only store: measured again next time
+    return pd.DataFrame(found["rows"]), f"{time.perf_counter() - started:.0f}s"
 
 
 def measure(frame: pd.DataFrame, store_dir: Path, *, compute: bool = True, languages=None,

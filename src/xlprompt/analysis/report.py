@@ -164,6 +164,7 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
     """Run the alignment analysis on picked runs; returns ([(name, title, png, csv, caption)], notes)."""
     from .. import load
     from ..tasks import get_task
+    from .. import representations as R
     from . import alignment as A
 
     items, notes, tables, plain_done, runs_used = [], [], [], set(), []
@@ -180,12 +181,12 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
         task = get_task(run.config.task)
         pivot = run.config.train_language or task.train_language
         available = [c for c in task.languages(run.config.data_dir) if c != pivot]
-        codes = [c for c in (languages or A.pick_languages(available, 4)) if c in available]
+        codes = [c for c in (languages or R.pick_languages(available, 4)) if c in available]
         if not codes:
             notes.append(f"alignment: {name} has no target languages among {languages}")
             continue
         key = (run.config.task, run.config.model)  # the pretrained model is shared by its frozen runs
-        scores, last, labels, label_names = A.run_alignment(run, name, codes, pivot, sentences,
+        scores, last, labels, label_names = R.run_alignment(run, name, codes, pivot, sentences,
                                                             plain=key not in plain_done)
         if run.config.freeze_model:
             plain_done.add(key)

@@ -48,6 +48,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "projection": ("bool", "method"), "projection_hidden": ("int", "method"),
     "solver": ("str", "method"), "c_grid": ("floatlist", "method"), "head_init": ("str", "config"),
     "languages": ("languages", "eval"), "split": ("str?", "eval"), "limit_per_language": ("int?", "eval"),
+    "alignment": ("int?", "eval"),
 }
 ALIASES = {"freeze": "freeze_model", "prefix_projection": "projection", "train_lang": "train_language",
            "length": "prompt_length", "langs": "languages"}
@@ -63,6 +64,9 @@ class RunSpec:
     languages: Any = "all"  # "all" or a list of codes
     split: str = "test"
     limit_per_language: int | None = None  # evaluate.limit_per_language; None (every row) leaves the id as it was
+    # parallel examples per language whose alignment the run records (representations.measure_run) while its
+    # weights are there, on tasks with parallel data; None: not measured (the id stays as it was)
+    alignment: int | None = None
 
     @property
     def run_id(self) -> str:
@@ -72,12 +76,14 @@ class RunSpec:
         out = {"config": self.config.to_dict(), "languages": self.languages, "split": self.split}
         if self.limit_per_language is not None:
             out["limit_per_language"] = self.limit_per_language
+        if self.alignment is not None:
+            out["alignment"] = self.alignment
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(TrainConfig.from_dict(d["config"]), d.get("languages", "all"), d.get("split", "test"),
-                   d.get("limit_per_language"))
+                   d.get("limit_per_language"), d.get("alignment"))
 
     def label(self) -> str:
         """A short human description: model, method and its main knobs."""
@@ -275,7 +281,8 @@ def _build_spec(settings: dict, context: str) -> RunSpec:
         raise XlpromptError(f"Invalid run {context}: {exc}") from None
     task = get_task(config.task)
     split = settings.get("split") or task.eval_split
-    return RunSpec(config, settings.get("languages", "all"), split, settings.get("limit_per_language"))
+    return RunSpec(config, settings.get("languages", "all"), split, settings.get("limit_per_language"),
+                   settings.get("alignment"))
 
 
 def _check_method_options(fixed: dict, blocks: list[dict]) -> None:
@@ -337,7 +344,8 @@ def flat_settings(spec: RunSpec) -> dict:
     out = {**config, "method": method.pop("type")}
     names = {v: k for k, v in METHOD_OPTION.items()}
     out.update({names.get(k, k): v for k, v in method.items()})
-    out.update(languages=spec.languages, split=spec.split, limit_per_language=spec.limit_per_language)
+    out.update(languages=spec.languages, split=spec.split, limit_per_language=spec.limit_per_language,
+               alignment=spec.alignment)
     return out
 
 

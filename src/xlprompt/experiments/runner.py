@@ -101,6 +101,9 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device
     import torch
 
     from ..evaluation import evaluate
+    from ..representations import FILE as ALIGNMENT_FILE
+    from ..representations import measure_run as measure_alignment
+    from ..tasks import get_task
     from ..train import fit
 
     if threads:
@@ -118,6 +121,9 @@ def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device
         results = evaluate(run, spec.languages, split=spec.split, progress=False, threads=threads or None,
                            precision="fp32", engine="torch", limit_per_language=spec.limit_per_language)
         io.write_json(folder / RESULTS, results)
+        if spec.alignment and get_task(spec.config.task).parallel_split is not None:
+            # now, while a fine-tuned run's weights are here: a snapshot of the store leaves them behind
+            io.write_json(folder / ALIGNMENT_FILE, measure_alignment(run, None, spec.alignment))
     except Exception as exc:  # recorded, and the sweep goes on; KeyboardInterrupt still stops it
         error = f"{type(exc).__name__}: {exc}"
         io.write_json(folder / FAILED, {"status": "failed", "run_id": rid, "error": error,

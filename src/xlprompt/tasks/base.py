@@ -28,6 +28,8 @@ class Task:
     label_words: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     pairs: bool = False  # each example is two texts (premise/hypothesis, sentence 1/2)
+    # the split whose rows translate each other across languages (same index_id): what alignment reads
+    parallel_split: str | None = None
 
     @property
     def num_labels(self) -> int:

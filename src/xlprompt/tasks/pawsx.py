@@ -10,6 +10,7 @@ PAWSX_TASK = register_task(Task(
     train_language="en",
     pairs=True,
     label_words={"xglm": ["no", "yes"]},  # "are these paraphrases?"
+    parallel_split="dev",
     description="PAWS-X paraphrase identification, 2 labels (different, paraphrase), 7 languages, 'NS' "
                 "placeholder pairs dropped. Training data: offline, English PAWS-X dev (2,000 pairs; PAWS-Wiki "
                 "train is not available offline) cut by a SHA-1 hash of sentence 1 into train (buckets 0-79), "

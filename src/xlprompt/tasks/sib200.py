@@ -15,5 +15,6 @@ SIB200 = register_task(Task(
     load=lambda split, language, data_dir=None: load_sib200(split, language, data_dir=data_dir),
     languages=lambda data_dir=None: sib200_languages(data_dir=data_dir),
     label_words=SIB200_LABEL_WORDS,
+    parallel_split="test",
     description="SIB-200 topic classification, 205 languages (train 701 / dev 99 / test 204 each)",
 ))

@@ -11,6 +11,7 @@ XNLI_TASK = register_task(Task(
     pairs=True,
     # the pair is read as "premise? hypothesis" -> yes / maybe / no, the usual NLI verbalizer
     label_words={"xglm": ["yes", "maybe", "no"]},
+    parallel_split="test",
     description="XNLI natural language inference, 3 labels, 15 languages, scored on test (5,010 pairs each). "
                 "Training data: offline, English XNLI dev (2,490 pairs; MultiNLI is not available offline) cut "
                 "by a SHA-1 hash of the premise into train (buckets 0-89, ~90%) and early-stopping dev (90-99); "
