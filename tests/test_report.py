@@ -401,14 +401,15 @@ def test_alignment_with_seeds_is_measured_kept_in_the_run_folders_and_reused(rep
     out, meta, frame = report
     store = out.parent / "store"
     measured = pd.read_csv(out / "tables" / "alignment_by_seed.csv")
-    # the toy model's frozen input prompt and its fine-tuned run; the synthetic models have no run folders
-    assert set(measured["arm"]) == {"prompt", "finetune"} and set(measured["language"]) == {"deu_Latn"}
+    # the toy model's frozen input and deep prompts and its fine-tuned run; the synthetic models have no run folders
+    assert set(measured["arm"]) == {"input", "deep:2", "finetune"} and set(measured["language"]) == {"deu_Latn"}
     assert measured["retrieval"].between(0, 1).all()
     for run_id in measured["run_id"]:
         assert (store / "runs" / run_id / alignment_seeds.FILE).exists()
-    row = [r for r in meta["verdict"] if r["claim"].startswith("Prompt tuning gives better-aligned")]
-    assert len(row) == 1 and row[0]["languages"] == 1 and row[0]["verdict"] == "undecided"
-    assert "retrieval" in row[0]["number"]
+    rows = [r for r in meta["verdict"] if r["claim"].startswith("Prompt tuning gives better-aligned")]
+    assert sorted(r["setting"].split(": ")[1] for r in rows) == ["deep prompt L=2 (MF) vs fine-tuning",
+                                                                 "input prompt (MF) vs fine-tuning"]
+    assert all(r["languages"] == 1 and r["verdict"] == "undecided" and "retrieval" in r["number"] for r in rows)
     # a second pass reads the run folders' numbers instead of running the model
     monkeypatch.setattr("xlprompt.representations.run_alignment", lambda *a, **k: pytest.fail("measured again"))
     again, notes = alignment_seeds.measure(T.load_results(store), store, sentences=12)

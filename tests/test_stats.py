@@ -248,7 +248,8 @@ def test_one_setting_changed_is_compared_with_the_prompt_and_with_the_probe():
     assert row_of(table, "prompt_vs_head")["effect"] == pytest.approx(-0.02, abs=0.01)
     v = verdict_table(frame, None, n_boot=1000)["verdict"]
     assert v.loc[v["claim"].str.startswith("One setting"), "verdict"].tolist() == ["holds"]
-    assert v.loc[v["claim"].str.startswith("A soft prompt"), "verdict"].tolist() == ["does not hold"]
+    assert v.loc[v["claim"].str.startswith("An input prompt transfers better than the converged"), "verdict"
+                 ].tolist() == ["does not hold"]
 
 
 def test_the_heads_learning_rate_is_a_setting_the_why_rows_change():

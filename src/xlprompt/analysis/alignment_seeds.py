@@ -63,13 +63,17 @@ def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> t
 
 def measure(frame: pd.DataFrame, store_dir: Path, *, compute: bool = True, languages=None,
             sentences: int = 100) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (run, language) of the prompt-vs-fine-tuning arms: run_id, model, shots, arm, seed,
-    language, retrieval, cosine. Runs whose numbers are neither on disk nor computable are named in the notes."""
+    """One row per (run, language) of the prompt (input and deep) and fine-tuning arms of every task with
+    parallel data: run_id, task, model, shots, arm, seed, language, retrieval, cosine. Runs whose numbers are
+    neither on disk nor computable are named in the notes."""
+    from ..tasks import get_task
+    from . import tasks_verdict as TV
+
     rows, notes = [], []
-    for (model, shots), arms in S.method_arms(T.transfer_rows(frame)).items():
-        if not {"prompt", "finetune"} <= set(arms):
+    for (task, model, shots), arms in TV.arms_by_task(TV.scored_rows(frame)).items():
+        if "finetune" not in arms or get_task(task).parallel_split is None:
             continue
-        for arm in ("prompt", "finetune"):
+        for arm in [a for a in arms if a != "head"]:
             for run_id, part in arms[arm].groupby("run_id"):
                 run_dir = store_dir / "runs" / str(run_id)
                 if not compute:
@@ -83,23 +87,23 @@ def measure(frame: pd.DataFrame, store_dir: Path, *, compute: bool = True, langu
                     except Exception as exc:  # noqa: BLE001 - e.g. a snapshot without the fine-tuned weights
                         notes.append(f"alignment of {run_id} not measured ({type(exc).__name__}: {exc})")
                         continue
-                notes.append(f"alignment of {run_id} ({arm}, {T.shots_label(shots)} per class): {how}")
-                rows.append(measured.assign(run_id=run_id, model=model, shots=shots, arm=arm,
+                notes.append(f"alignment of {run_id} ({TV.task_label(task)}, {TV.arm_label(arm)}, "
+                             f"{T.shots_label(shots)} per class): {how}")
+                rows.append(measured.assign(run_id=run_id, task=task, model=model, shots=shots, arm=arm,
                                             seed=int(part["seed"].iloc[0])))
     return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()), notes
 
 
 def comparisons(measured: pd.DataFrame, metric: str = "retrieval", n_boot: int = S.N_BOOT) -> pd.DataFrame:
-    """Prompt minus fine-tuning in `metric` per (model, samples per class), as `stats.comparisons` rows
-    (comparison "alignment"), on the seeds both arms share."""
-    out = []
+    """Each prompt kind minus fine-tuning in `metric` per task setting, as `stats.comparisons` rows
+    (comparison "alignment"), on the seeds both arms share (`tasks_verdict.alignment_comparisons`). Rows
+    without a task are SIB-200's, arm "prompt" the input prompt (stores measured before tasks were kept)."""
+    from . import tasks_verdict as TV
+
     if measured.empty:
-        return pd.DataFrame(out)
-    for (model, shots), part in measured.groupby(["model", "shots"], dropna=False, sort=True):
-        arms = {arm: rows.rename(columns={metric: "accuracy"}) for arm, rows in part.groupby("arm")}
-        if set(arms) != {"prompt", "finetune"}:
-            continue
-        keys = {"model": model, "shots": None if pd.isna(shots) else int(shots)}
-        out.append(S._row("alignment", keys, "input prompt (MF)", "fine-tuning", arms["prompt"], arms["finetune"],
-                          n_boot))
-    return pd.DataFrame(out)
+        return pd.DataFrame()
+    measured = measured.copy()
+    if "task" not in measured:
+        measured["task"] = "sib200"
+    measured["arm"] = measured["arm"].replace({"prompt": "input"})
+    return TV.alignment_comparisons(measured, metric, n_boot)

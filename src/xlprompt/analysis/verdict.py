@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import stats as S
 from . import tables as T
+from . import tasks_verdict as TV
 
 MIN_SEEDS = 3
 MIN_LANGUAGES = 10
@@ -109,7 +110,7 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
     """{"verdict": DataFrame (claim, setting, number, languages, seeds, verdict, why), "statistics": every
     paired comparison, "length_slopes", "distance_slopes", "reparam", "stopped_early"}. `alignment`:
     `alignment_seeds.comparisons` rows for the alignment claim."""
-    table = S.comparisons(frame, n_boot)
+    table = _per_task_comparisons(frame, n_boot)
     slopes = S.length_slopes(frame, n_boot)
     distances = S.distance_slopes(frame, langs, n_boot) if langs is not None else pd.DataFrame()
     reparam = reparam_heterogeneity(frame)
@@ -149,7 +150,10 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
                      "number": f"helps {r.helped}, hurts {r.hurt} languages; effect {_fmt(r.effect_mean)} ± "
                                f"{_fmt(r.effect_sd, signed=False)} pts (sd over languages); p={_p(r.p_value)}",
                      "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
-    rows += _paired_rows(table, "prompt_vs_finetune", "Prompt tuning transfers better than fine-tuning (Tu)", +1)
+    tasks = TV.per_task(frame, n_boot)
+    pooled = TV.pooled(frame, n_boot)
+    for comparison, claim in TASK_CLAIMS.items():
+        rows += _task_rows(tasks, pooled, comparison, claim)
     aligned = "Prompt tuning gives better-aligned cross-lingual representations than fine-tuning (Tu)"
     if alignment is not None and not alignment.empty:
         rows += _paired_rows(alignment, "alignment", aligned, +1, unit="pts retrieval of the parallel English "
@@ -158,12 +162,59 @@ def verdict_table(frame: pd.DataFrame, langs: pd.DataFrame | None, n_boot: int =
         rows.append({"claim": aligned, "setting": "", "number": "not measured (report with alignment on, from a "
                      "store whose fine-tuned runs keep their weights)", "languages": 0, "seeds": 0,
                      "verdict": UNDECIDED, "why": "not measured"})
-    rows += _paired_rows(table, "prompt_vs_head", "A soft prompt transfers better than the converged linear probe "
+    rows += _paired_rows(table, "prompt_vs_head", "An input prompt transfers better than the converged linear probe "
                          "(head only)", +1)
     rows += _paired_rows(table, "variant_vs_head", "One setting changed makes the soft prompt transfer better than the "
                          "converged linear probe (why the prompt loses)", +1)
     return {"verdict": pd.DataFrame(rows), "statistics": table, "length_slopes": slopes,
-            "distance_slopes": distances, "reparam": reparam, "stopped_early": S.stopped_early(frame)}
+            "distance_slopes": distances, "reparam": reparam, "stopped_early": S.stopped_early(frame),
+            "tasks": tasks, "pooled": pooled}
+
+
+# claims tested per task (and pooled over tasks) with the method in the claim: tasks_verdict.py
+TASK_CLAIMS = {
+    "deep_vs_finetune": "Prompt tuning transfers better than fine-tuning (Tu): deep prompt",
+    "input_vs_finetune": "Prompt tuning transfers better than fine-tuning (Tu): input prompt",
+    "deep_vs_input": "A deep prompt transfers better than an input prompt",
+    "deep_vs_head": "A deep prompt transfers better than the converged linear probe (head only)",
+}
+
+
+def _task_rows(tasks: pd.DataFrame, pooled: pd.DataFrame, comparison: str, claim: str) -> list[dict]:
+    """Per task setting (`setting` names the task and both methods), then pooled over tasks."""
+    out = []
+    if not tasks.empty:
+        part = tasks[tasks["comparison"] == comparison].copy()
+        part["comparison"] = "task"
+        for row in _paired_rows(part, "task", claim, +1):
+            metric = tasks.loc[tasks["series"] + ": " + tasks["a"] + " vs " + tasks["b"] == row["setting"], "metric"]
+            if len(metric) and metric.iloc[0] != "accuracy":
+                row["number"] = row["number"].replace(" pts [", f" pts of {metric.iloc[0]} [", 1)
+            out.append(row)
+    if not pooled.empty:
+        for r in pooled[pooled["comparison"] == comparison].itertuples():
+            verdict, why = decide(+1, r.ci_low, r.ci_high, r.seeds, r.languages, r.seeds_agree)
+            if verdict != UNDECIDED and r.tasks < 2:
+                verdict, why = UNDECIDED, "one task"
+            each = ", ".join(f"{TV.task_label(t)} {_fmt(e)}" for t, e in r.per_task.items())
+            out.append({"claim": claim, "setting": f"pooled over {r.task_list} ({T.model_label(r.model)}): "
+                                                   f"{r.a} vs {r.b}",
+                        "number": f"{_fmt(r.effect)} pts (mean of the tasks' effects: {each}) [{_fmt(r.ci_low)}, "
+                                  f"{_fmt(r.ci_high)}], languages resampled within tasks{_per_seed(r.seed_effects)}",
+                        "languages": r.languages, "seeds": r.seeds, "verdict": verdict, "why": why})
+    return out
+
+
+def _per_task_comparisons(frame: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """`stats.comparisons` task by task (a store of several tasks must not pool their rows), the task named
+    in each series when there are several."""
+    parts = []
+    for task, part in frame.groupby("task", sort=True):
+        table = S.comparisons(part, n_boot)
+        if frame["task"].nunique() > 1 and not table.empty:
+            table["series"] = TV.task_label(task) + ", " + table["series"]
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _md_table(frame: pd.DataFrame) -> str:
