@@ -182,6 +182,13 @@ def test_saving_over_a_run_removes_its_results_and_results_never_pair_new_json_w
 
     results = evaluation.evaluate(run, "all", progress=False, threads=1)
     evaluation.write_results(results, folder / "results.json")
+    back, table = evaluation.read_results(folder / "results.json")  # a pair: same results_id in both
+    assert back["languages"] == results["languages"] and set(table["language"]) == set(results["languages"])
+    old_csv = (folder / "results.csv").read_bytes()
+    evaluation.write_results({**results, "split": "other"}, folder / "results.json")
+    (folder / "results.csv").write_bytes(old_csv)  # a torn pair, however it came about, is told apart
+    with pytest.raises(XlpromptError, match="results_id differs"):
+        evaluation.read_results(folder / "results.json")
     real = io.atomic_path
 
     def crash_on_csv(path, *a, **k):
@@ -194,3 +201,5 @@ def test_saving_over_a_run_removes_its_results_and_results_never_pair_new_json_w
         evaluation.write_results({**results, "split": "dev"}, folder / "results.json")
     assert json.loads((folder / "results.json").read_text())["split"] == "dev"
     assert not (folder / "results.csv").exists()  # no CSV of the older results beside the new JSON
+    with pytest.raises(XlpromptError, match="missing"):
+        evaluation.read_results(folder / "results.json")

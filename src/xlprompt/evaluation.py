@@ -295,15 +295,43 @@ def results_frame(results: dict):
 
 
 def write_results(results: dict, out_json: str | Path, csv: bool = True) -> None:
-    """The JSON, then the CSV beside it, each atomically. A JSON that cannot be written leaves both older
-    files as they were; once the new JSON is in place the older CSV is removed before the new one is
-    written, so a crash between the two leaves a new JSON and no CSV, never a new JSON beside an old CSV."""
+    """The JSON, then the CSV beside it, each atomically, both carrying the same `results_id` (a digest of
+    the results), so a reader can tell a pair from a torn one (`read_results`). A JSON that cannot be
+    written leaves both older files as they were; once the new JSON is in place the older CSV is removed
+    before the new one is written, so a crash between the two leaves a new JSON and no CSV."""
+    import hashlib
+    import json
+
     out_json = Path(out_json)
+    body = {k: v for k, v in results.items() if k != "results_id"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    results = {**body, "results_id": digest}
     io.write_json(out_json, results)
     if csv:
         out_json.with_suffix(".csv").unlink(missing_ok=True)
         with io.atomic_path(out_json.with_suffix(".csv")) as tmp:
-            results_frame(results).to_csv(tmp, index=False)
+            results_frame(results).assign(results_id=digest).to_csv(tmp, index=False)
+
+
+def read_results(out_json: str | Path, csv: bool = True):
+    """(results dict, per-language table) written by `write_results`; an error when the CSV beside the JSON
+    is missing or belongs to other results (a torn pair). `csv=False`: the JSON only (table None)."""
+    import pandas as pd
+
+    out_json = Path(out_json)
+    results = io.read_json(out_json)
+    if not csv:
+        return results, None
+    table_path = out_json.with_suffix(".csv")
+    if not table_path.is_file():
+        raise XlpromptError(f"{table_path} is missing: the results were written without it or the writer "
+                            "stopped between the two files; evaluate again.")
+    table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+    ids = set(table["results_id"].astype(str)) if "results_id" in table else set()
+    if ids != {str(results.get("results_id"))}:
+        raise XlpromptError(f"{table_path} belongs to other results than {out_json.name} (results_id differs): "
+                            "evaluate again to write them as a pair.")
+    return results, table
 
 
 def check_sort(sort_by: str | None, metrics) -> None:
