@@ -25,13 +25,15 @@ from . import stats as S
 from . import tables as T
 
 
-def _cached(run_dir: Path, languages: list[str] | None, sentences: int) -> pd.DataFrame | None:
-    """The run's stored numbers for `languages` (None: all it has), or None when they do not cover them."""
+def _cached(run_dir: Path, languages: list[str] | None, sentences: int | None) -> pd.DataFrame | None:
+    """The run's stored numbers for `languages` (None: all it has), or None when they do not cover them;
+    `sentences` None takes them whatever count they were measured on (a sweep's `alignment = N`)."""
     found = io.read_cache_entry(run_dir / FILE)
     if found is None:
         return None
     have = found.get("languages", [])
-    if found.get("sentences") != sentences or not have or not set(languages or have) <= set(have):
+    if (sentences is not None and found.get("sentences") != sentences) or not have \
+            or not set(languages or have) <= set(have):
         return None
     rows = pd.DataFrame(found["rows"])
     return rows[rows["language"].isin(languages or have)].reset_index(drop=True)
@@ -76,8 +78,8 @@ def measure(frame: pd.DataFrame, store_dir: Path, *, compute: bool = True, langu
         for arm in [a for a in arms if a != "head"]:
             for run_id, part in arms[arm].groupby("run_id"):
                 run_dir = store_dir / "runs" / str(run_id)
-                if not compute:
-                    found = _cached(run_dir, languages, sentences)
+                if not compute:  # what the run folder holds, on whatever count it was measured
+                    found = _cached(run_dir, languages, None)
                     if found is None:
                         continue
                     measured, how = found, "cached"
