@@ -133,6 +133,18 @@ def _env_folder_in_tmp(name: str, tmp_path_factory, label: str):
         os.environ[name] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _an_avx2_machine_for_every_fixture():
+    """The same fake for fixtures of every scope: a module-scoped fixture that trains runs before any
+    function-scoped one, and on the real CPU its plan would hang on a timing probe (bf16 or int8 where this
+    CPU measured them faster at that moment), so a test's numbers would depend on the CPU and its load."""
+    from machines import use_machine
+
+    with pytest.MonkeyPatch.context() as patch:
+        use_machine(patch, "avx2")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _an_avx2_machine(monkeypatch):
     """Every test sees the same CPU kind, whatever runs it: an AVX2-only one, where auto is fp32 throughout
