@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XlpromptError
+from ..io import fsync_folder
 from ..paths import cache_dir
 
 OFFLINE_DEFAULT_NAME = "multilingual-e5-small"
@@ -130,7 +131,7 @@ def offline_default_dir(cache: Path | None = None, progress: bool = True) -> Pat
                 raise
             # lost the race: another process put a complete directory there first
         else:
-            _fsync_dir(target.parent)
+            fsync_folder(target.parent)
     except XlpromptError:
         raise
     except Exception as err:
@@ -157,19 +158,6 @@ def _remove_stale_tmp(target: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ reading E5S1 (mirrors e5_parse)
