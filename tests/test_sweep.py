@@ -346,6 +346,40 @@ def test_local_worker_processes(tiny_model_dir, tmp_path):
     assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
 
+def test_a_sweep_whose_worker_pool_is_killed_goes_on_and_a_rerun_completes(tiny_model_dir, tmp_path):
+    """A worker killed mid-run (out of memory, an operator's kill -9) breaks the process pool: its runs are
+    reported failed, the sweep starts a fresh pool and finishes the rest, and a rerun redoes only those."""
+    import multiprocessing
+    import threading
+
+    store = tmp_path / "store"
+    specs = expand_grid(sib_grid(tiny_model_dir("xlm-roberta"), seeds=(0, 1, 2, 3, 4, 5), epochs=2))
+    outcome = {}
+    sweep = threading.Thread(target=lambda: outcome.update(result=run_sweep(specs, store, workers=2,
+                                                                             progress=False)))
+    sweep.start()
+    killed, deadline = [], time.monotonic() + 180
+    while not killed and time.monotonic() < deadline and sweep.is_alive():
+        started = [p for p in store.glob("runs/*/spec.json") if not (p.parent / "done.json").exists()]
+        workers = multiprocessing.active_children()
+        if started and workers:
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+            killed_at = time.time()
+        time.sleep(0.05)
+    sweep.join(300)
+    assert killed and not sweep.is_alive(), "no run was in progress to kill, or the sweep hung"
+    first = outcome["result"]
+    assert first.failed and all("worker died" in e for e in first.failed.values())
+    assert len(first.done) + len(first.failed) == len(specs)
+    started = [json.loads((store / "runs" / rid / "done.json").read_text())["started"] for rid in first.done]
+    assert any(t > killed_at for t in started)  # a fresh pool ran the runs still queued at the kill
+    again = run_sweep(specs, store, workers=2, progress=False)
+    assert again.complete and sorted(again.done) == sorted(first.failed)  # only the killed runs again
+    assert_complete(store, specs)
+
+
 def test_local_backend_does_not_import_ray():
     code = ("import sys; from xlprompt.experiments import runner, grid, store; "
             "from xlprompt import cli; assert 'ray' not in sys.modules, 'ray imported'")
