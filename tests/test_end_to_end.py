@@ -30,3 +30,13 @@ def test_train_and_evaluate_offline_default_on_three_languages(tmp_path):
     for code, right in pinned.items():
         got = results["languages"][code]["accuracy"] * 204
         assert abs(got - right) <= 1, (code, got, right)
+    # the accuracy guard on real data: bf16 weights (the plan's CPU recipe where bf16 is native) against
+    # fp32 on the same run and languages, within the guard's limits
+    from xlprompt import evaluate, load
+    from xlprompt.engine.guard import accuracy_guard
+
+    reference = {c: m["accuracy"] for c, m in results["languages"].items()}
+    bf16 = evaluate(load(out, dtype="bf16"), list(reference), progress=False, precision="fp32", token_cache=False)
+    guard = accuracy_guard(reference, {c: m["accuracy"] for c, m in bf16["languages"].items()})
+    assert guard.passed and guard.languages == 3, guard.line("bf16 weights")
+    assert bf16["speed"]["dtype"] == "bf16"  # the weights were bf16, not fp32 again
