@@ -143,7 +143,18 @@ def test_quickstart_and_its_summary(tmp_path):
     ranked = sorted(langs, key=lambda c: -langs[c]["accuracy"])
     assert f"best: {ranked[0]} {langs[ranked[0]]['accuracy']:.3f}" in report
     assert load(out / "run").config.shots == 1
-    assert (out / "results.csv").is_file()
+    assert (out / "results.csv").is_file() and results["run"] == str(out / "run")
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.csv", "results.json", "run"]
+    # an interrupted second quickstart (here: evaluation fails) leaves the first one's outputs whole
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    from unittest import mock
+
+    with mock.patch("xlprompt.evaluation.evaluate", side_effect=KeyboardInterrupt):
+        res = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--shots", "1", "--epochs", "1",
+                                       "--prompt-length", "3", "--langs", "eng_Latn,deu_Latn"])
+    assert res.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert load(out / "run").config.method.length == 2  # still the first quickstart's run
 
 
 def test_bf16_against_fp32(english_run, toy_task):

@@ -1,6 +1,7 @@
 """`xlprompt quickstart`: the whole study in one command on the offline default model."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +24,26 @@ def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[s
     return lines
 
 
+STAGING = ".quickstart-staging"
+OUTPUTS = ("run", "results.json", "results.csv", "report.md")  # moved in this order: report.md marks them whole
+
+
+def publish(stage: Path, out: Path, names) -> None:
+    """Move `names` from `stage` into `out`, replacing what is there, then remove the stage. report.md goes
+    last and is removed first, so a folder holding report.md holds one quickstart's outputs."""
+    (out / names[-1]).unlink(missing_ok=True)
+    for name in names:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        if (stage / name).exists():
+            (stage / name).replace(target)
+    io.fsync_folder(out)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True, device=None,
                    dtype=None, engine: str = "auto") -> dict:
@@ -42,13 +63,19 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
     say(f"[bold]xlprompt quickstart[/]: soft prompt (L={prompt_length}) on English SIB-200 "
         f"({'all' if shots is None else shots} samples per class, {epochs} epochs), model "
         f"{config.model} frozen; then zero-shot on {langs} languages.")
-    for old in ("results.json", "results.csv", "report.md"):  # an earlier quickstart's, never beside this run
-        (Path(out) / old).unlink(missing_ok=True)
+    # everything is written into a staging folder and moved into OUT at the end, report.md last: an
+    # interrupted quickstart leaves an earlier one's outputs whole, never a mix of the two
+    out = Path(out)
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     run = fit(config, progress=progress, plan=train_plan)
-    run_dir = run.save(Path(out) / "run")
+    run.save(stage / "run")
+    run_dir = out / "run"
     results = evaluate(run, langs, progress=progress, engine=engine, plan=eval_plan)
     results["wall_seconds"] = time.perf_counter() - started
-    write_results(results, Path(out) / "results.json")
+    results["run"] = str(run_dir)
+    write_results(results, stage / "results.json")
     if console:
         console.print(results_table(results))
     lines = summary_lines(results)
@@ -60,7 +87,8 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
                  f"engine {results['speed']['engine']['used']})")
     report = ["# xlprompt quickstart report", "", f"run folder: `{run_dir}`", "",
               "```", *lines, "```", "", "Per-language results: `results.json`, `results.csv`.", ""]
-    io.write_text(Path(out) / "report.md", "\n".join(report))
+    io.write_text(stage / "report.md", "\n".join(report))
+    publish(stage, out, OUTPUTS)
     for line in lines:
         say(line)
     say(f"wrote {Path(out) / 'report.md'}, {Path(out) / 'results.json'}, {Path(out) / 'results.csv'}")
