@@ -245,8 +245,8 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "run": str(run.path) if run.path else None,
         "model": config.model,
         "train_language": config.train_language or task.train_language,
-        "notes": task.description,
-        "limit_per_language": limit_per_language,  # e.g. which data trained the run where the usual train set is missing
+        "notes": task.description,  # e.g. which data trained the run where the usual train set is missing
+        "limit_per_language": limit_per_language,
         "languages": per_language,
         "mean": mean_metrics(per_language, task.metric_names),
         "seconds": seconds,

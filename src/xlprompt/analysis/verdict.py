@@ -184,13 +184,11 @@ def _task_rows(tasks: pd.DataFrame, pooled: pd.DataFrame, comparison: str, claim
     """Per task setting (`setting` names the task and both methods), then pooled over tasks."""
     out = []
     if not tasks.empty:
-        part = tasks[tasks["comparison"] == comparison].copy()
-        part["comparison"] = "task"
-        for row in _paired_rows(part, "task", claim, +1):
-            metric = tasks.loc[tasks["series"] + ": " + tasks["a"] + " vs " + tasks["b"] == row["setting"], "metric"]
-            if len(metric) and metric.iloc[0] != "accuracy":
-                row["number"] = row["number"].replace(" pts [", f" pts of {metric.iloc[0]} [", 1)
-            out.append(row)
+        part = tasks[tasks["comparison"] == comparison]
+        for i in range(len(part)):  # one row at a time: each task names its own metric
+            metric = part["metric"].iloc[i]
+            out += _paired_rows(part.iloc[[i]], comparison, claim, +1,
+                                unit="pts" if metric == "accuracy" else f"pts of {metric}")
     if not pooled.empty:
         for r in pooled[pooled["comparison"] == comparison].itertuples():
             verdict, why = decide(+1, r.ci_low, r.ci_high, r.seeds, r.languages, r.seeds_agree)

@@ -222,15 +222,15 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
             raise HTTPException(429, f"this client has {limits.in_flight.get(client, 0)} texts waiting or in a batch "
                                      f"and this request adds {count} (at most {limits.limit} at once): wait for "
                                      "the answers first", headers={"Retry-After": "1"})
+        job = None
         try:
-            if batcher.queued + count > settings.max_queue:
-                raise HTTPException(503, f"the server is busy: {batcher.queued} texts are queued and this request "
-                                         f"adds {count} (at most {settings.max_queue}): retry shortly",
-                                    headers={"Retry-After": "1"})
             try:
+                batcher.check_room(count)
                 ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
             except XlpromptError as exc:
                 fail(400, str(exc))
+            except (QueueFull, Closed) as exc:
+                raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
             loop = asyncio.get_running_loop()
             answer = loop.create_future()
 
@@ -247,7 +247,7 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
                 batcher.cancel(job)  # the client left: its rows not yet in a batch are dropped now
                 return JSONResponse({"error": "the client disconnected"}, status_code=499)
         except asyncio.CancelledError:
-            if "job" in locals():
+            if job is not None:
                 batcher.cancel(job)
             raise
         finally:

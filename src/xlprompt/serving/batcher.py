@@ -84,15 +84,20 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
+    def check_room(self, texts: int) -> None:
+        """Raise Closed or QueueFull when `texts` more could not be queued now (a request asks before it
+        tokenizes; `submit` asks again, under the lock, when it queues)."""
+        if self._stopping:
+            raise Closed("the server is shutting down")
+        if self._thread.ident is not None and not self._thread.is_alive():
+            raise Closed("the model worker stopped (see the server log): restart the server")
+        if self._queued + texts > self.max_queue:
+            raise QueueFull(f"the server is busy: {self._queued} texts are queued and this request adds "
+                            f"{texts} (at most {self.max_queue} may wait); retry shortly")
+
     def submit(self, job: Job) -> None:
         with self._cond:
-            if self._stopping:
-                raise Closed("the server is shutting down")
-            if self._thread.ident is not None and not self._thread.is_alive():
-                raise Closed("the model worker stopped (see the server log): restart the server")
-            if self._queued + len(job) > self.max_queue:
-                raise QueueFull(f"the server is busy: {self._queued} texts are queued and this request adds "
-                                f"{len(job)} (at most {self.max_queue} may wait); retry shortly")
+            self.check_room(len(job))
             job.enqueued = time.monotonic()
             self._chunks.append([job, 0])
             self._queued += len(job)
