@@ -171,7 +171,7 @@ def run_configuration(spec: dict, log) -> dict:
 def train_quick_run(folder: str, log) -> str:
     """A real run folder in ~1 minute: 10-token prompt + head, 8 sentences per class, 2 epochs."""
     code = ("import sys; from xlprompt import TrainConfig, InputPromptConfig, fit; "
-            "fit(TrainConfig(method=InputPromptConfig(length=10), shots=8, epochs=2), progress=False).save(sys.argv[1])")
+            "fit(TrainConfig(method=InputPromptConfig(prompt_length=10), shots=8, epochs=2), progress=False).save(sys.argv[1])")
     subprocess.run([sys.executable, "-c", code, folder], check=True, stderr=log)
     return folder
 
@@ -190,7 +190,7 @@ def warm_cache(run_dir: str, cache: str, langs: list[str]) -> dict:
     config = TrainConfig.from_dict(io.read_json(os.path.join(run_dir, "config.json")))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(config.model)[0], local_files_only=True)
     task, tc = get_task(config.task), TokenCache(cache)
-    slots = getattr(config.method, "length", 0)
+    slots = getattr(config.method, "prompt_length", 0)
     start, counts = time.perf_counter(), {}
     for code in langs:
         enc = tc.encode(task, tokenizer, task.load("test", code, None), config.max_length)

@@ -139,7 +139,7 @@ def e5_run(model_dir: Path, device, dtype):
     from xlprompt.run import Run
     from xlprompt.tasks import get_task
 
-    config = TrainConfig(model=str(model_dir), method=InputPromptConfig(length=PROMPT_LENGTH))
+    config = TrainConfig(model=str(model_dir), method=InputPromptConfig(prompt_length=PROMPT_LENGTH))
     return Run(config=config, model=build_classifier(config, get_task("sib200"), device=device, dtype=dtype))
 
 
@@ -170,7 +170,7 @@ def check_quickstart(model_dir: Path, device, smoke: bool, rows: list) -> None:
 
     free(device)
     started = time.perf_counter()
-    config = TrainConfig(model=str(model_dir), method=InputPromptConfig(length=PROMPT_LENGTH),
+    config = TrainConfig(model=str(model_dir), method=InputPromptConfig(prompt_length=PROMPT_LENGTH),
                          shots=4 if smoke else None, epochs=1 if smoke else 3)
     run = fit(config, progress=False, device=device)
     results = evaluate(run, COMPARE_LANGS if smoke else "all", progress=False)
@@ -254,7 +254,7 @@ def xlprompt_step(backbone, encoded, device):
     from xlprompt.tasks import get_task
     from xlprompt.train import param_groups
 
-    config = TrainConfig(method=InputPromptConfig(length=PROMPT_LENGTH), lr=LR)
+    config = TrainConfig(method=InputPromptConfig(prompt_length=PROMPT_LENGTH), lr=LR)
     model = build_classifier(config, get_task("sib200"), backbone=backbone)
     optimizer = torch.optim.AdamW(param_groups(model, config))
     collate = model.collator()
@@ -337,7 +337,7 @@ def check_largest(tokenizer, device, smoke: bool, batch: int, rows: list) -> Non
     params = backbone.num_parameters()
     weights = allocated_mb(device)
     # 4 sentences per class = 28 rows: one step of a 32-row batch, then the 7-row dev set
-    config = TrainConfig(method=InputPromptConfig(length=PROMPT_LENGTH), shots=4, epochs=1, batch_size=batch)
+    config = TrainConfig(method=InputPromptConfig(prompt_length=PROMPT_LENGTH), shots=4, epochs=1, batch_size=batch)
     run = fit(config, model=build_classifier(config, get_task("sib200"), backbone=backbone), progress=False)
     s = run.info["speed"]
     rows.append({"check": f"train, {name} shape", "setting": f"{params / 1e9:.2f} B parameters, bf16, one "

@@ -60,7 +60,7 @@ def make_runs(root: Path, count: int, model: str, shots: int) -> dict[str, Path]
     base_dir = names["p00"]
     if not (base_dir / "run.json").exists():
         started = time.perf_counter()
-        config = TrainConfig(task="sib200", model=model, method=InputPromptConfig(length=10), shots=shots,
+        config = TrainConfig(task="sib200", model=model, method=InputPromptConfig(prompt_length=10), shots=shots,
                              epochs=1, seed=0)
         base = fit(config, progress=False)
         base.save(base_dir)
@@ -71,7 +71,7 @@ def make_runs(root: Path, count: int, model: str, shots: int) -> dict[str, Path]
         if i == 0 or (path / "run.json").exists():
             continue
         kind, length = KINDS[i % len(KINDS)]
-        method = InputPromptConfig(length=length) if kind == "input_prompt" else DeepPromptConfig(length=length)
+        method = InputPromptConfig(prompt_length=length) if kind == "input_prompt" else DeepPromptConfig(prompt_length=length)
         config = TrainConfig(task="sib200", model=model, method=method, shots=shots, epochs=1, seed=i)
         model_i = build_classifier(config, task, backbone=base.model.backbone)
         model_i.head.load_state_dict(base.model.head.state_dict())

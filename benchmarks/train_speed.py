@@ -76,7 +76,7 @@ def xlprompt_step_fn(system, backbone, encoded, device):
     from xlprompt.tasks import get_task
     from xlprompt.train import param_groups
 
-    method = FinetuneConfig() if system == "finetune" else InputPromptConfig(length=PROMPT_LENGTH)
+    method = FinetuneConfig() if system == "finetune" else InputPromptConfig(prompt_length=PROMPT_LENGTH)
     config = TrainConfig(method=method, batch_size=BATCH_SIZE, lr=LR, seed=0,
                          loss_over="labels" if system == "xlprompt-labels" else "vocabulary")
     model = build_classifier(config, get_task("sib200"), backbone=backbone).to(device)

@@ -20,7 +20,7 @@ def config(model_dir: str):
     from xlprompt import TrainConfig
     from xlprompt.prompts.config import InputPromptConfig
 
-    return TrainConfig(task="toy", model=model_dir, method=InputPromptConfig(length=3), epochs=2, batch_size=8,
+    return TrainConfig(task="toy", model=model_dir, method=InputPromptConfig(prompt_length=3), epochs=2, batch_size=8,
                        lr=0.1, seed=0)
 
 

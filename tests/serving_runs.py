@@ -34,11 +34,11 @@ def register_toy3():
 # name -> (task, method, extra config): input prompts of lengths 1, 3, 5, deep prompts of lengths 2 and 4, a
 # head-only run; two and three labels; one run truncating at 6 tokens, one with PEFT's prompt-first layout
 RUNS = {
-    "p1": ("toy", InputPromptConfig(length=1), {"max_length": 6}),
-    "p3": ("toy3", InputPromptConfig(length=3, reparam="mlp", reparam_hidden=8), {}),
-    "p5": ("toy", InputPromptConfig(length=5, position="start"), {}),
-    "d2": ("toy3", DeepPromptConfig(length=2), {}),
-    "d4": ("toy", DeepPromptConfig(length=4), {"pooling": "first"}),
+    "p1": ("toy", InputPromptConfig(prompt_length=1), {"max_length": 6}),
+    "p3": ("toy3", InputPromptConfig(prompt_length=3, reparam="mlp", reparam_hidden=8), {}),
+    "p5": ("toy", InputPromptConfig(prompt_length=5, position="start"), {}),
+    "d2": ("toy3", DeepPromptConfig(prompt_length=2), {}),
+    "d4": ("toy", DeepPromptConfig(prompt_length=4), {"pooling": "first"}),
     "h0": ("toy3", HeadOnlyConfig(), {}),
 }
 

@@ -49,7 +49,7 @@ def model_dir(tiny_model_dir, tmp_path_factory):
 
 
 def config(path, **kw):
-    method = DeepPromptConfig(length=4, projection=kw.pop("projection", False), projection_hidden=16)
+    method = DeepPromptConfig(prompt_length=4, prefix_projection=kw.pop("projection", False), projection_hidden=16)
     base = dict(task="toy", model=str(path), method=method, epochs=4, batch_size=8, lr=0.1, seed=0)
     return TrainConfig(**{**base, **kw})
 
@@ -180,7 +180,7 @@ def test_save_load_round_trip(family, projection, model_dir, toy_task, tmp_path)
     texts = [t for t in toy_task.load("test", "deu_Latn")["text"]]
     assert torch.equal(logits(run.model, texts), logits(again.model, texts))
     # a new run starting from this one's prefix
-    started = classifier(family, model_dir, toy_task, method=DeepPromptConfig(length=4, init=f"run:{tmp_path / 'run'}"))
+    started = classifier(family, model_dir, toy_task, method=DeepPromptConfig(prompt_length=4, init=f"run:{tmp_path / 'run'}"))
     assert torch.equal(started.method.prefix, saved["prefix"])
 
 
@@ -206,9 +206,9 @@ def test_seeded_init_is_deterministic_and_bad_runs_fail_clearly(model_dir, toy_t
     assert torch.equal(a.method.prefix, b.method.prefix) and a.method.prefix.abs().max() <= 0.5
     # the projection too comes from the generator alone: deterministic, global RNG untouched
     backbone, rng = Backbone.load(str(model_dir("gpt2"))), torch.random.get_rng_state()
-    p, q = (build_prompt_method(DeepPromptConfig(length=4, projection=True, projection_hidden=8), backbone,
+    p, q = (build_prompt_method(DeepPromptConfig(prompt_length=4, prefix_projection=True, projection_hidden=8), backbone,
                                 torch.Generator().manual_seed(3)) for _ in range(2))
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert all(torch.equal(x, y) for x, y in zip(p.parameters(), q.parameters()))
     with pytest.raises(XlpromptError, match="does not exist"):
-        classifier("gpt2", model_dir, toy_task, method=DeepPromptConfig(length=4, init=f"run:{tmp_path}"))
+        classifier("gpt2", model_dir, toy_task, method=DeepPromptConfig(prompt_length=4, init=f"run:{tmp_path}"))

@@ -25,7 +25,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 
 def make_config(model_dir, **kw):
-    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(length=3), epochs=2, batch_size=8,
+    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(prompt_length=3), epochs=2, batch_size=8,
                 lr=0.1, seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -71,8 +71,8 @@ def test_cli_device_cuda_without_cuda_writes_nothing(command, tiny_model_dir, to
 
 
 # ------------------------------------------------------------------------- precision on CPU
-@pytest.mark.parametrize("family,method", [("bert", InputPromptConfig(length=3)), ("xglm", InputPromptConfig(length=3)),
-                                           ("xlm-roberta", DeepPromptConfig(length=2))])
+@pytest.mark.parametrize("family,method", [("bert", InputPromptConfig(prompt_length=3)), ("xglm", InputPromptConfig(prompt_length=3)),
+                                           ("xlm-roberta", DeepPromptConfig(prompt_length=2))])
 def test_bf16_frozen_backbone_trains_fp32_prompt_and_head(family, method, tiny_model_dir, toy_task):
     from xlprompt.models.classifier import build_classifier
 
@@ -280,7 +280,7 @@ def test_serving_a_bf16_backbone_on_cpu_agrees_with_fp32(tiny_model_dir, toy_tas
     from xlprompt.serving.multi import PromptBank
 
     model = tiny_model_dir("xlm-roberta")
-    runs = {"p": make_config(model, epochs=3), "d": make_config(model, method=DeepPromptConfig(length=2), epochs=3)}
+    runs = {"p": make_config(model, epochs=3), "d": make_config(model, method=DeepPromptConfig(prompt_length=2), epochs=3)}
     for name, config in runs.items():
         fit(config, progress=False, device="cpu").save(tmp_path / name)
     folders = {name: tmp_path / name for name in runs}

@@ -18,7 +18,7 @@ from conftest import tiny_tokenizer
 
 
 def toy_config(model_dir, **kw):
-    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(length=3), epochs=2, batch_size=8,
+    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(prompt_length=3), epochs=2, batch_size=8,
                 lr=0.1, seed=0)
     return TrainConfig(**{**base, **kw})
 
@@ -206,7 +206,7 @@ def test_int8_swaps_only_frozen_backbone_linears_and_restores_them(tiny_model_di
     from xlprompt.execution import resolve
     from xlprompt.engine.torch_engine import precision_context
 
-    run = fit(toy_config(tiny_model_dir("bert"), method=InputPromptConfig(length=3)), progress=False)
+    run = fit(toy_config(tiny_model_dir("bert"), method=InputPromptConfig(prompt_length=3)), progress=False)
     model = run.model
     linears = [m for m in model.backbone.body.modules() if type(m) is nn.Linear]
     head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
@@ -262,7 +262,7 @@ def test_int8_against_fp32_on_the_offline_default(monkeypatch):
     if real_speedup("int8") < 1.0:  # minutes of a plain-loop matmul; the tiny-model tests cover the mechanics
         pytest.skip(f"int8 on the real model is not run where it is slow ({real_speedup('int8'):.2f}x fp32 here)")
     torch.manual_seed(0)
-    run = fit(TrainConfig(method=InputPromptConfig(length=10), shots=8, epochs=2, seed=0), progress=False)
+    run = fit(TrainConfig(method=InputPromptConfig(prompt_length=10), shots=8, epochs=2, seed=0), progress=False)
     sib = get_task("sib200")
     frames = [sib.load("test", lang) for lang in ("eng_Latn", "deu_Latn", "zho_Hans")]
     texts = [t for f in frames for t in f["text"]]

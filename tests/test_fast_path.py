@@ -13,7 +13,7 @@ from xlprompt.prompts.config import InputPromptConfig
 def test_fast_path_loss_equals_naive_full_logits(family, loss_over, tiny_model_dir, toy_task):
     from xlprompt.models.classifier import build_classifier
 
-    cfg = TrainConfig(task="toy", model=str(tiny_model_dir(family)), method=InputPromptConfig(length=3),
+    cfg = TrainConfig(task="toy", model=str(tiny_model_dir(family)), method=InputPromptConfig(prompt_length=3),
                       loss_over=loss_over)
     model = build_classifier(cfg, toy_task)
     model.train()

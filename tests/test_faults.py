@@ -100,7 +100,7 @@ def faults(monkeypatch):
 @pytest.fixture(scope="module")
 def two_runs(tiny_model_dir, toy_task):
     model = str(tiny_model_dir("bert"))
-    make = lambda seed: fit(TrainConfig(task="toy", model=model, method=InputPromptConfig(length=2), epochs=1,
+    make = lambda seed: fit(TrainConfig(task="toy", model=model, method=InputPromptConfig(prompt_length=2), epochs=1,
                                         batch_size=16, lr=0.05, seed=seed), progress=False)
     return make(0), make(1)
 
@@ -225,7 +225,7 @@ def fake_done_run(store: Path, rid: str, seed: int, accuracy: dict[str, float]) 
     """A done run folder as the runner writes it (the files the store reads), and the rows it must give."""
     folder = store / "runs" / rid
     folder.mkdir(parents=True)
-    config = {"task": "sib200", "model": "m", "method": {"type": "input_prompt", "length": 4, "reparam": None,
+    config = {"task": "sib200", "model": "m", "method": {"type": "input_prompt", "prompt_length": 4, "reparam": None,
                                                          "init": "random"},
               "shots": 8, "seed": seed, "freeze_model": True, "lr": 0.01, "epochs": 2, "batch_size": 8,
               "train_language": "eng_Latn"}

@@ -222,7 +222,7 @@ def saved_run(tiny_model_dir, toy_task, tmp_path_factory):
     from xlprompt.prompts.config import InputPromptConfig
 
     model = tiny_model_dir("xlm-roberta")
-    path = train_run(model, tmp_path_factory.mktemp("fuzz-run") / "run", "toy", InputPromptConfig(length=2))
+    path = train_run(model, tmp_path_factory.mktemp("fuzz-run") / "run", "toy", InputPromptConfig(prompt_length=2))
     return path, Backbone.load(str(model))
 
 

@@ -30,7 +30,7 @@ def test_margins_and_threshold_on_known_numbers():
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, toy_task):
-    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(length=3),
+    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(prompt_length=3),
                          epochs=2, batch_size=8, lr=0.1, seed=0)
     return fit(config, progress=False)
 

@@ -26,8 +26,8 @@ def changed(before, model):
 
 @pytest.mark.parametrize("family", ["xglm", "bert"])
 @pytest.mark.parametrize("method,freeze,backbone_trains,has_prompt", [
-    (InputPromptConfig(length=2), True, False, True),
-    (InputPromptConfig(length=2), False, True, True),
+    (InputPromptConfig(prompt_length=2), True, False, True),
+    (InputPromptConfig(prompt_length=2), False, True, True),
     (FinetuneConfig(), None, True, False),
     (HeadOnlyConfig(), None, False, False),
 ])
@@ -59,7 +59,7 @@ def test_finetune_cannot_be_frozen(tiny_model_dir):
 def test_trainable_parameter_counts(family, tiny_model_dir, toy_task, tmp_path):
     import json
 
-    run = fit(config(tiny_model_dir(family), InputPromptConfig(length=3), epochs=1), progress=False)
+    run = fit(config(tiny_model_dir(family), InputPromptConfig(prompt_length=3), epochs=1), progress=False)
     run.save(tmp_path / "run")
     counts = json.loads((tmp_path / "run" / "run.json").read_text())["parameters"]
     d = run.model.backbone.hidden_size

@@ -140,7 +140,7 @@ def test_rejected_runs(tiny_model_dir, runs, tmp_path):
     finetuned = train_run(model, tmp_path / "ft", "toy", FinetuneConfig())
     with pytest.raises(XlpromptError, match="trained the model's own weights"):
         bank.add("ft", finetuned)
-    unfrozen = train_run(model, tmp_path / "unfrozen", "toy", InputPromptConfig(length=2), freeze_model=False)
+    unfrozen = train_run(model, tmp_path / "unfrozen", "toy", InputPromptConfig(prompt_length=2), freeze_model=False)
     with pytest.raises(XlpromptError, match="trained the model's own weights"):
         bank.add("unfrozen", unfrozen)
     # another model: a run trained on BERT does not go onto XLM-R

@@ -111,7 +111,7 @@ def small_pairs(tmp_path_factory):
 
 
 def test_xnli_end_to_end(tiny_model_dir, small_pairs, tmp_path):
-    config = TrainConfig(task="xnli", model=str(tiny_model_dir("xlm-roberta")), method=DeepPromptConfig(length=2),
+    config = TrainConfig(task="xnli", model=str(tiny_model_dir("xlm-roberta")), method=DeepPromptConfig(prompt_length=2),
                          shots=8, epochs=1, data_dir=str(small_pairs))
     run = fit(config, progress=False)
     run.save(tmp_path / "run")

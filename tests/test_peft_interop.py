@@ -92,7 +92,7 @@ def round_trip(adapter, run, tmp_path, frame):
 
 
 def test_decoder_input_prompt_matches_peft(trained, tmp_path):
-    model_dir, run_dir, run = trained("gpt2", InputPromptConfig(length=3, position="start"))
+    model_dir, run_dir, run = trained("gpt2", InputPromptConfig(prompt_length=3, position="start"))
     report = export_peft(run_dir, tmp_path / "adapter")
     assert report.peft_type == "PROMPT_TUNING" and report.task_type == "CAUSAL_LM" and report.predictions_match
     assert "label words" in report.text() and "not part of a PEFT adapter" in report.text()
@@ -106,7 +106,7 @@ def test_decoder_input_prompt_matches_peft(trained, tmp_path):
 
 
 def test_encoder_input_prompt_and_head_match_peft(trained, tmp_path):
-    model_dir, run_dir, run = trained("bert", InputPromptConfig(length=3, position="start"))
+    model_dir, run_dir, run = trained("bert", InputPromptConfig(prompt_length=3, position="start"))
     adapter = tmp_path / "adapter"
     report = export_peft(run_dir, adapter)
     assert report.task_type == "FEATURE_EXTRACTION" and report.predictions_match
@@ -124,7 +124,7 @@ def test_encoder_input_prompt_and_head_match_peft(trained, tmp_path):
 
 
 def test_decoder_prefix_matches_peft(trained, tmp_path):
-    model_dir, run_dir, run = trained("xglm", DeepPromptConfig(length=3))
+    model_dir, run_dir, run = trained("xglm", DeepPromptConfig(prompt_length=3))
     report = export_peft(run_dir, tmp_path / "adapter")
     assert report.peft_type == "PREFIX_TUNING" and report.predictions_match
     frame = texts()
@@ -143,7 +143,7 @@ def untrained_run(model_dir, tmp_path, method, **kw):
 
 
 def test_default_layout_exports_with_a_clear_warning(tiny_model_dir, toy_task, tmp_path):
-    run_dir = untrained_run(tiny_model_dir("gpt2"), tmp_path, InputPromptConfig(length=2))
+    run_dir = untrained_run(tiny_model_dir("gpt2"), tmp_path, InputPromptConfig(prompt_length=2))
     report = export_peft(run_dir, tmp_path / "adapter")
     assert not report.predictions_match
     for text in (report.text(), (tmp_path / "adapter" / "README.md").read_text()):
@@ -156,15 +156,15 @@ def test_default_layout_exports_with_a_clear_warning(tiny_model_dir, toy_task, t
 def test_refusals(tiny_model_dir, toy_task, tmp_path):
     bert, gpt2 = tiny_model_dir("bert"), tiny_model_dir("gpt2")
     for method, kw, words in [(FinetuneConfig(), {}, "no prompt"), (HeadOnlyConfig(), {}, "no prompt"),
-                              (InputPromptConfig(length=2), {"freeze_model": False}, "--no-freeze")]:
+                              (InputPromptConfig(prompt_length=2), {"freeze_model": False}, "--no-freeze")]:
         run_dir = untrained_run(bert, tmp_path, method, **kw)
         with pytest.raises(XlpromptError, match=words):
             export_peft(run_dir, tmp_path / "never")
         assert not (tmp_path / "never").exists()
     adapter = tmp_path / "adapter"
-    export_peft(untrained_run(bert, tmp_path, DeepPromptConfig(length=2)), adapter)
+    export_peft(untrained_run(bert, tmp_path, DeepPromptConfig(prompt_length=2)), adapter)
     with pytest.raises(XlpromptError, match="already exists"):
-        export_peft(untrained_run(bert, tmp_path, DeepPromptConfig(length=2)), adapter)
+        export_peft(untrained_run(bert, tmp_path, DeepPromptConfig(prompt_length=2)), adapter)
     (adapter / "head.safetensors").unlink()  # a PEFT adapter from elsewhere has no head
     with pytest.raises(XlpromptError, match="--head"):
         import_peft(adapter, tmp_path / "imported")
@@ -209,7 +209,7 @@ def test_encoder_prefix_is_read_by_peft_and_differs_only_by_positions(trained, t
     PEFT lets BERT number the text after the prefix, xlprompt keeps the text's own positions: the export
     says predictions differ, and with the text's positions given explicitly PEFT gives the run's logits,
     so the adapter holds exactly the trained prefix."""
-    model_dir, run_dir, run = trained("bert", DeepPromptConfig(length=3))
+    model_dir, run_dir, run = trained("bert", DeepPromptConfig(prompt_length=3))
     adapter = tmp_path / "adapter"
     report = export_peft(run_dir, adapter)
     assert report.peft_type == "PREFIX_TUNING" and report.task_type == "FEATURE_EXTRACTION"

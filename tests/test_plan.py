@@ -182,7 +182,7 @@ def toy_config(model_dir, **kw):
     from xlprompt.config import TrainConfig
     from xlprompt.prompts.config import InputPromptConfig
 
-    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(length=3), epochs=2, batch_size=8,
+    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(prompt_length=3), epochs=2, batch_size=8,
                 lr=0.1, seed=0)
     return TrainConfig(**{**base, **kw})
 

@@ -145,7 +145,7 @@ def test_adamw_head_is_still_reachable(tiny_model_dir, toy_task):
 
 
 def test_probe_head_init_for_prompt_runs(tiny_model_dir, toy_task):
-    base = dict(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(length=2), epochs=1,
+    base = dict(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(prompt_length=2), epochs=1,
                 lr=0.0, head_lr=0.0, warmup=0.0)
     probe = fit(TrainConfig(task="toy", model=base["model"], method=HeadOnlyConfig()), progress=False)
     run = fit(TrainConfig(**base, head_init="probe"), progress=False)

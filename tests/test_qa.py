@@ -166,11 +166,11 @@ def test_exact_match_and_f1_by_hand():
 
 
 @pytest.mark.parametrize("family,method", [
-    ("xlm-roberta", {"type": "input_prompt", "length": 3}),
-    ("xlm-roberta", {"type": "input_prompt", "length": 3, "position": "start"}),
-    ("gpt2", {"type": "input_prompt", "length": 3}),
-    ("gpt2", {"type": "input_prompt", "length": 3, "position": "start"}),
-    ("xlm-roberta", {"type": "deep_prompt", "length": 3}),
+    ("xlm-roberta", {"type": "input_prompt", "prompt_length": 3}),
+    ("xlm-roberta", {"type": "input_prompt", "prompt_length": 3, "position": "start"}),
+    ("gpt2", {"type": "input_prompt", "prompt_length": 3}),
+    ("gpt2", {"type": "input_prompt", "prompt_length": 3, "position": "start"}),
+    ("xlm-roberta", {"type": "deep_prompt", "prompt_length": 3}),
 ])
 def test_spans_do_not_shift_under_prompts(tiny_model_dir, family, method):
     from xlprompt.config import TrainConfig
@@ -268,8 +268,8 @@ def tiny_e5_dir(tmp_path_factory, e5_tokenizer):
 @pytest.mark.parametrize("task,method,langs,split,sizes", [
     # XQuAD's 4 dev articles (95 questions a language) keep this quick; the split sizes are checked above
     ("xquad", {"type": "finetune"}, "en,zh,th", "dev", {"en": 95, "zh": 95, "th": 95}),
-    ("xquad", {"type": "deep_prompt", "length": 4}, "ar", "dev", {"ar": 95}),
-    ("mlqa", {"type": "input_prompt", "length": 4}, "de", None, {"de": 512}),
+    ("xquad", {"type": "deep_prompt", "prompt_length": 4}, "ar", "dev", {"ar": 95}),
+    ("mlqa", {"type": "input_prompt", "prompt_length": 4}, "de", None, {"de": 512}),
 ])
 def test_tasks_end_to_end(tiny_e5_dir, qa_data, tmp_path, task, method, langs, split, sizes):
     import xlprompt

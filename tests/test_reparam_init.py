@@ -33,7 +33,7 @@ def backbones(tiny_model_dir):
 
 
 def make_config(model_dir, epochs=6, **method):
-    return TrainConfig(task="toy", model=str(model_dir), method=InputPromptConfig(**{"length": 3, **method}),
+    return TrainConfig(task="toy", model=str(model_dir), method=InputPromptConfig(**{"prompt_length": 3, **method}),
                        epochs=epochs, batch_size=8, lr=0.1, seed=0)
 
 
@@ -127,7 +127,7 @@ def test_materialize_keeps_logits_exactly(reparam, backbones, tiny_model_dir, to
 # --- initialisation --------------------------------------------------------------------------------------
 
 def prompt_for(backbone, seed=0, **cfg):
-    return build_input_prompt(InputPromptConfig(**{"length": 4, **cfg}), backbone,
+    return build_input_prompt(InputPromptConfig(**{"prompt_length": 4, **cfg}), backbone,
                               torch.Generator().manual_seed(seed)).embedding.detach()
 
 
@@ -146,12 +146,12 @@ def test_vocab_init_rows_are_token_embeddings(backbones):
     with torch.no_grad():
         table = bb.embed(torch.arange(len(bb.tokenizer)))
     assert not torch.allclose(table, bb.input_embeddings.weight[:len(bb.tokenizer)])
-    p = prompt_for(bb, 0, init="vocab", length=6)
+    p = prompt_for(bb, 0, init="vocab", prompt_length=6)
     special = set(bb.tokenizer.all_special_ids)
     for row in p:
         hits = [i for i in range(len(table)) if torch.equal(row, table[i])]
         assert hits and not set(hits) & special
-    assert torch.equal(p, prompt_for(bb, 0, init="vocab", length=6))
+    assert torch.equal(p, prompt_for(bb, 0, init="vocab", prompt_length=6))
 
 
 def test_text_init_repeats_the_phrase(backbones):
@@ -159,8 +159,8 @@ def test_text_init_repeats_the_phrase(backbones):
     ids = bb.tokenizer("alpha beta w3", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         rows = bb.embed(torch.tensor(ids))
-    assert torch.equal(prompt_for(bb, init="text:alpha beta w3", length=5), rows[[0, 1, 2, 0, 1]])
-    assert torch.equal(prompt_for(bb, init="text:alpha beta w3", length=2), rows[:2])
+    assert torch.equal(prompt_for(bb, init="text:alpha beta w3", prompt_length=5), rows[[0, 1, 2, 0, 1]])
+    assert torch.equal(prompt_for(bb, init="text:alpha beta w3", prompt_length=2), rows[:2])
     for phrase in ("", "   "):
         with pytest.raises(XlpromptError, match="gives no tokens.*write a phrase"):
             prompt_for(bb, init=f"text:{phrase}")
@@ -174,11 +174,11 @@ def test_run_init_copies_a_saved_prompt(backbones, tiny_model_dir, toy_task, tmp
     bb = backbones("xglm")
     source = save_untrained_run(make_config(tiny_model_dir("xglm")), bb, toy_task, tmp_path / "a")
     saved = load_tensors(source / "prompt.safetensors")["embedding"]
-    assert torch.equal(prompt_for(bb, init=f"run:{source}", length=3), saved)
+    assert torch.equal(prompt_for(bb, init=f"run:{source}", prompt_length=3), saved)
     with pytest.warns(UserWarning, match="3 vectors.*repeated.*--prompt-length 3"):
-        assert torch.equal(prompt_for(bb, init=f"run:{source}", length=5), saved[[0, 1, 2, 0, 1]])
+        assert torch.equal(prompt_for(bb, init=f"run:{source}", prompt_length=5), saved[[0, 1, 2, 0, 1]])
     with pytest.warns(UserWarning, match="cut"):
-        assert torch.equal(prompt_for(bb, init=f"run:{source}", length=2), saved[:2])
+        assert torch.equal(prompt_for(bb, init=f"run:{source}", prompt_length=2), saved[:2])
     # a run seeded from another run still loads once the source is gone
     child = save_untrained_run(make_config(tiny_model_dir("xglm"), init=f"run:{source}"), bb, toy_task,
                                tmp_path / "b")

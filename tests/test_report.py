@@ -103,11 +103,11 @@ def tiny_runs(store: Path, model_dir: Path) -> list[dict]:
     from xlprompt.prompts.config import DeepPromptConfig, FinetuneConfig, InputPromptConfig
 
     rows = []
-    for method in (InputPromptConfig(length=2), DeepPromptConfig(length=2), FinetuneConfig()):
+    for method in (InputPromptConfig(prompt_length=2), DeepPromptConfig(prompt_length=2), FinetuneConfig()):
         config = TrainConfig(task="toy", model=str(model_dir), method=method, epochs=1, lr=0.05, model_lr=1e-3)
         run = xlprompt.fit(config, progress=False)
         cfg = {"task": "toy", "model": str(model_dir), "method": method.type, "seed": 0,
-               "prompt_length": getattr(method, "length", None), "shots": None,
+               "prompt_length": getattr(method, "prompt_length", None), "shots": None,
                "freeze_model": config.freeze_model, "reparam": getattr(method, "reparam", None),
                "init": getattr(method, "init", None), "lr": 0.05, "epochs": 1}
         run.save(store / "runs" / run_id(cfg))

@@ -114,7 +114,7 @@ def test_a_prompt_without_dev_data_is_served_in_fp32(tiny_model_dir, folders, tm
 
     register_task(Task(name="toy_moved", label_names=("beta", "alpha"), load=load,
                        languages=lambda data_dir=None: ["eng_Latn"], description="toy task whose data goes away"))
-    folder = train_run(tiny_model_dir("xlm-roberta"), tmp_path / "nodev", "toy_moved", InputPromptConfig(length=2))
+    folder = train_run(tiny_model_dir("xlm-roberta"), tmp_path / "nodev", "toy_moved", InputPromptConfig(prompt_length=2))
     here["data"] = False
     bank = bank_of(tiny_model_dir, folders, "int8-checked")
     with caplog.at_level(logging.WARNING, logger="xlprompt.serve"):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from xlprompt.cli import app
 from xlprompt.errors import XlpromptError
 from xlprompt.experiments import expand_grid, load_store, rebuild_store, run_sweep
-from xlprompt.experiments.store import COLUMNS, RESULTS_FILE, update_store
+from xlprompt.experiments.store import RESULTS_FILE, columns, update_store
 
 RUN_FILES = {"spec.json", "config.json", "curve.json", "run.json", "prompt.safetensors", "head.safetensors",
              "results.json", "done.json"}
@@ -52,7 +52,7 @@ def test_expansion_is_the_product_and_ids_are_stable():
     specs = expand_grid(grid)
     assert len(specs) == 8 and len({s.run_id for s in specs}) == 8
     assert {s.config.shots for s in specs} == {8, None}
-    assert {s.config.method.length for s in specs} == {1, 4}
+    assert {s.config.method.prompt_length for s in specs} == {1, 4}
     # key order, language order, aliases, ints for floats and explicit defaults do not change the ids
     reordered = {"axes": {"seed": [0, 1], "shots": [8, "all"], "length": [1, 4]},
                  "fixed": {"languages": ["deu_Latn", "eng_Latn"], "lr": 0.005, "epochs": 1, "task": "sib200",
@@ -70,7 +70,7 @@ def test_axes_blocks_are_a_union_without_duplicates():
                      {"method": ["finetune", "head"], "seed": [0, 1]},
                      {"method": ["deep"], "prompt_length": [16, 32], "seed": [0]}]}
     specs = expand_grid(grid)
-    kinds = sorted((s.config.method.type, getattr(s.config.method, "length", None), s.config.seed) for s in specs)
+    kinds = sorted((s.config.method.type, getattr(s.config.method, "prompt_length", None), s.config.seed) for s in specs)
     assert kinds == [("deep_prompt", 16, 0), ("deep_prompt", 16, 1), ("deep_prompt", 32, 0),
                      ("finetune", None, 0), ("finetune", None, 1), ("head", None, 0), ("head", None, 1)]
     assert all(s.config.freeze_model is False for s in specs if s.config.method.type == "finetune")
@@ -156,7 +156,7 @@ def test_local_sweep_end_to_end_then_resume_skips(tiny_model_dir, tmp_path, monk
     assert sorted(result.done) == sorted(s.run_id for s in specs) and result.complete
     assert len(loads) == 1  # four frozen runs of one model share one loaded backbone
     frame = assert_complete(store, specs)
-    assert list(frame.columns[:len(COLUMNS)]) == list(COLUMNS)
+    assert list(frame.columns[:len(columns())]) == list(columns())
     assert set(frame["method"]) == {"input_prompt"} and set(frame["reparam"]) == {"none", "mlp"}
     assert set(frame["language"]) == set(LANGS)
     # each row is what its saved run scores when loaded and evaluated again
@@ -403,8 +403,10 @@ def test_ray_backend_on_a_local_ray(tiny_model_dir, tmp_path):
 
 def test_run_ids_are_stable_across_releases(monkeypatch):
     """A finished sweep must keep its run ids when xlprompt gains an option (else a resumed sweep redoes
-    every run): ids are pinned, and a setting registered as added later is hashed only off its default."""
+    every run): ids are pinned, and a setting declared with `id_neutral` is hashed only off that value."""
+    import xlprompt.config as config_mod
     from xlprompt.experiments import grid as grid_mod
+    from xlprompt.settings import Setting
 
     grid = {"fixed": {"task": "sib200", "model": "multilingual-e5-small", "languages": ["eng_Latn"],
                       "epochs": 6, "seed": 0}, "axes": {"prompt_length": [10], "shots": [32]}}
@@ -414,8 +416,11 @@ def test_run_ids_are_stable_across_releases(monkeypatch):
     later = {**d, "config": {**d["config"], "new_option": "off",
                              "method": {**d["config"]["method"], "new_knob": 1}}}
     assert grid_mod.run_id(later) != spec.run_id  # unknown to the neutral table: it changes the id
-    monkeypatch.setitem(grid_mod.ID_NEUTRAL, "config", {"new_option": "off"})
-    monkeypatch.setitem(grid_mod.ID_NEUTRAL, "method", {"new_knob": 1})
+    run_settings, method_settings = config_mod.config_settings, config_mod.method_settings
+    monkeypatch.setattr(config_mod, "config_settings", lambda: {
+        **run_settings(), "new_option": Setting("new_option", "str", "", "off", id_neutral="off")})
+    monkeypatch.setattr(config_mod, "method_settings", lambda kind: {
+        **method_settings(kind), "new_knob": Setting("new_knob", "int", "", 1, id_neutral=1, where="method")})
     assert grid_mod.run_id(later) == spec.run_id
     changed = {**later, "config": {**later["config"], "new_option": "on"}}
     assert grid_mod.run_id(changed) != spec.run_id

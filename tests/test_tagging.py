@@ -112,10 +112,10 @@ def test_encode_puts_each_tag_on_its_first_subtoken_and_windows_long_sentences(t
         toytag.encode(tok, pd.DataFrame({"tokens": [["w1"]], "tags": [["C"]]}), 8)
 
 
-ALIGNMENT = [("xlm-roberta", DeepPromptConfig(length=3)), ("gpt2", DeepPromptConfig(length=3)),
-             ("xlm-roberta", InputPromptConfig(length=3)), ("xlm-roberta", InputPromptConfig(length=3, position="start")),
-             ("xglm", InputPromptConfig(length=3)), ("xglm", InputPromptConfig(length=3, position="start")),
-             ("bloom", InputPromptConfig(length=3, position="start"))]
+ALIGNMENT = [("xlm-roberta", DeepPromptConfig(prompt_length=3)), ("gpt2", DeepPromptConfig(prompt_length=3)),
+             ("xlm-roberta", InputPromptConfig(prompt_length=3)), ("xlm-roberta", InputPromptConfig(prompt_length=3, position="start")),
+             ("xglm", InputPromptConfig(prompt_length=3)), ("xglm", InputPromptConfig(prompt_length=3, position="start")),
+             ("bloom", InputPromptConfig(prompt_length=3, position="start"))]
 
 
 @pytest.mark.parametrize("family,method", ALIGNMENT, ids=lambda x: getattr(x, "type", x))
@@ -150,13 +150,13 @@ def test_tag_of_word_i_lands_on_word_i_under_prompts(family, method, tiny_model_
 
 
 def tagging_config(model_dir, task, **kw):
-    base = dict(task=task, model=str(model_dir), method=DeepPromptConfig(length=4), epochs=1, batch_size=8,
+    base = dict(task=task, model=str(model_dir), method=DeepPromptConfig(prompt_length=4), epochs=1, batch_size=8,
                 lr=0.05, seed=0)
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("family,method,epochs", [("xlm-roberta", DeepPromptConfig(length=4), 6),
-                                                  ("xglm", InputPromptConfig(length=4, position="start"), 4)],
+@pytest.mark.parametrize("family,method,epochs", [("xlm-roberta", DeepPromptConfig(prompt_length=4), 6),
+                                                  ("xglm", InputPromptConfig(prompt_length=4, position="start"), 4)],
                          ids=["deep-encoder", "input-start-decoder"])
 def test_tags_are_learnable_through_prompts(family, method, epochs, tiny_model_dir, toytag):
     """Tags shifted off their words would be unlearnable (neighbouring words are independent): trained with

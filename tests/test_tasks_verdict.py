@@ -33,10 +33,10 @@ def test_the_tu_grid_has_every_arm_of_every_task_for_three_seeds():
         assert 999 <= examples <= 1000  # the same English budget for every method of a task
         assert s.languages == "all" and s.limit_per_language == 1000 and s.alignment == 200
         if s.config.method.type == "deep_prompt":
-            assert s.config.method.length == (32 if s.config.task == "xnli" else 16)
-            assert s.config.freeze_model and not s.config.method.projection
+            assert s.config.method.prompt_length == (32 if s.config.task == "xnli" else 16)
+            assert s.config.freeze_model and not s.config.method.prefix_projection
     deep = expand_grid(GRIDS / "findings_e5_deep.toml")
-    assert sorted((s.config.method.length, s.config.shots or 0, s.config.seed) for s in deep) == sorted(
+    assert sorted((s.config.method.prompt_length, s.config.shots or 0, s.config.seed) for s in deep) == sorted(
         (L, shots, seed) for L in (10, 16) for shots in (32, 0) for seed in (0, 1, 2))
     assert all(len(s.languages) == 80 for s in deep)
 

@@ -14,7 +14,7 @@ from conftest import DECODERS, FAMILIES
 
 
 def make_config(model_dir, **kw):
-    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(length=3), epochs=6, batch_size=8,
+    base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(prompt_length=3), epochs=6, batch_size=8,
                 lr=0.1, seed=0)
     base.update(kw)
     return TrainConfig(**base)

@@ -94,7 +94,7 @@ def test_tydiqa_trains_and_evaluates_end_to_end(tmp_path):
                         intermediate_size=64, max_position_embeddings=512, pad_token_id=1)
     tf.BertModel(cfg).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    config = TrainConfig(task="tydiqa", model=str(tmp_path / "model"), method=InputPromptConfig(length=2),
+    config = TrainConfig(task="tydiqa", model=str(tmp_path / "model"), method=InputPromptConfig(prompt_length=2),
                          epochs=1, batch_size=4, data_dir=str(FIXTURE), max_length=64)
     run = fit(config, progress=False, device="cpu")
     assert run.info["train_examples"] >= 11 and run.info["dev_examples"] >= 1

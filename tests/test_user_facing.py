@@ -37,7 +37,7 @@ def hand_metrics(gold: list[int], pred: list[int], labels: int) -> tuple[float, 
 
 @pytest.fixture(scope="module")
 def english_run(tiny_model_dir, toy_task):
-    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(length=3),
+    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(prompt_length=3),
                          epochs=5, batch_size=8, lr=0.1, head_lr=0.5, seed=0, train_language="eng_Latn")
     return fit(config, progress=False)
 
@@ -74,7 +74,7 @@ def test_hand_metrics_are_right():
 
 def test_the_best_dev_loss_epoch_is_kept_not_the_last(tiny_model_dir, toy_task, tmp_path):
     # a large learning rate: the dev loss is lowest after epoch 1 and never returns there
-    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(length=2),
+    config = TrainConfig(task="toy", model=str(tiny_model_dir("bert")), method=InputPromptConfig(prompt_length=2),
                          epochs=5, batch_size=8, lr=1.0, seed=1)
     run = fit(config, progress=False)
     losses = {c["epoch"]: c["dev_loss"] for c in run.curve}
@@ -154,7 +154,7 @@ def test_quickstart_and_its_summary(tmp_path):
                                        "--prompt-length", "3", "--langs", "eng_Latn,deu_Latn"])
     assert res.exit_code != 0
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert load(out / "run").config.method.length == 2  # still the first quickstart's run
+    assert load(out / "run").config.method.prompt_length == 2  # still the first quickstart's run
 
 
 def test_bf16_against_fp32(english_run, toy_task):

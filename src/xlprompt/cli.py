@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .cli_app import DEVICE_HELP, DTYPE_HELP, _data_dir, _execution, _own_data, app, console, friendly
+from .cli_app import (DEVICE_HELP, DTYPE_HELP, _data_dir, _execution, _own_data, app, console, friendly,
+                      with_settings)
 from .errors import XlpromptError
 
 
@@ -17,35 +18,23 @@ def _refuse_existing_run(out: Path, overwrite: bool) -> None:
         raise XlpromptError(f"{out} already holds a run: choose another --out or pass --overwrite.")
 
 
+def _train_settings():
+    from .config import flat_settings
+
+    return {k: v for k, v in flat_settings().items() if v.cli}
+
+
+def _method_notes() -> dict:
+    from .config import method_defaults_note, method_option_settings
+
+    return {name: method_defaults_note(name) for name in method_option_settings()}
+
+
 @app.command()
 @friendly
+@with_settings(_train_settings, help_extra=_method_notes())
 def train(
-    task: str = typer.Option("sib200", help="Registered task name (`xlprompt tasks`)."),
-    model: str = typer.Option("multilingual-e5-small", help="Hub id, local folder, or the offline default."),
-    method: str = typer.Option("prompt", help="prompt (input soft prompt) | deep (prefix in every layer) | "
-                               "finetune (whole model + head) | head (head on the frozen model)."),
-    prompt_length: Optional[int] = typer.Option(None, help="Prompt length L (default 10 input, 16 deep)."),
-    init: str = typer.Option("random", help="random (uniform ±0.5) | vocab | text:PHRASE | run:RUN_DIR."),
-    reparam: str = typer.Option("none", help="Input prompt reparameterization: none | mlp | residual."),
-    prefix_projection: bool = typer.Option(False, help="Deep prompt: Linear-Tanh-Linear prefix projection."),
-    shots: Optional[int] = typer.Option(None, help="Samples per class from train (omit for all); dev gets ⌈n/4⌉."),
-    seed: int = typer.Option(0),
-    epochs: int = typer.Option(5),
-    batch_size: int = typer.Option(8),
-    lr: float = typer.Option(5e-3, help="Prompt learning rate."),
-    head_lr: float = typer.Option(5e-2, help="Learning rate of a trained head (linear, per-token, span)."),
-    head_weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay on the trained head alone "
-                                                      "(default: none)."),
-    solver: str = typer.Option("lbfgs", help="--method head: lbfgs (the converged linear probe, C chosen on dev) "
-                               "| adamw (epochs of AdamW at --head-lr)."),
-    head_init: str = typer.Option("random", help="Prompt runs: random | probe (start the head at the linear probe)."),
-    max_length: int = typer.Option(128, help="Max tokens of the text, before prompt slots."),
-    freeze: Optional[bool] = typer.Option(None, "--freeze/--no-freeze",
-                                          help="Keep the model frozen (default for all but finetune)."),
-    model_lr: float = typer.Option(2e-5, help="Backbone learning rate when it trains (--no-freeze, finetune)."),
-    train_lang: Optional[str] = typer.Option(None, help="Training language (default: the task's, English)."),
-    pooling: str = typer.Option("mean", help="Encoder pooling: mean or first (label: decoder hidden state at the label position)."),
-    label_words: Optional[str] = typer.Option(None, help="Comma-separated verbalizer words (decoders)."),
+    settings: dict,
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA); with --text-column your "
                                             "own data: a folder, a .tsv/.csv/.jsonl file or hf:DATASET."),
     text_column: Optional[str] = typer.Option(None, help="Own data: the text column (the task is then your data)."),
@@ -61,35 +50,28 @@ def train(
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
                                                 help="Recompute activations in the backward pass (less memory)."),
 ):
-    """Train a prompt (and head) on one language; write the run folder. Under torchrun: data parallel."""
-    from .config import TrainConfig
+    """Train a prompt (and head) on one language; write the run folder. Under torchrun: data parallel.
+    Every setting of a run is an option here (declared once, on TrainConfig and the method configs)."""
+    from .config import config_from_settings
     from .distributed import main_process
     from .models.classifier import plan_for_config
-    from .prompts.config import method_config
     from .train import fit
 
     _refuse_existing_run(out, overwrite)
     _execution(device, dtype)  # a device this machine lacks fails before the data is read
     custom = None
+    task = settings["task"]
     if text_column:
         if task not in ("sib200", "custom"):
             raise XlpromptError(f"--text-column trains on your own data; drop --task {task}.")
         if data_dir is None:
             raise XlpromptError("--text-column reads your own data: pass --data-dir (a folder, a .tsv/.csv/.jsonl "
                                 "file, or hf:DATASET).")
-        task = "custom"
+        settings["task"] = "custom"
         custom = {"path": _own_data(data_dir), "text_column": text_column, "text_pair_column": text_pair_column,
                   "label_column": label_column, "language_column": language_column, "split_column": split_column}
-    method_cfg = method_config(method, length=prompt_length, init=init, reparam=reparam,
-                               projection=prefix_projection, solver=solver)
-    config = TrainConfig(
-        task=task, model=model, method=method_cfg, shots=shots, model_lr=model_lr,
-        seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length,
-        head_weight_decay=head_weight_decay,
-        freeze_model=freeze, train_language=train_lang, pooling=pooling, head_init=head_init,
-        label_words=[w.strip() for w in label_words.split(",")] if label_words else None,
-        data_dir=None if custom else _data_dir(data_dir), custom=custom,
-    )
+    settings["data_dir"] = None if custom else _data_dir(data_dir)
+    config = config_from_settings(settings, custom=custom, strict=True)
     plan = plan_for_config(config, device=device, dtype=dtype, purpose="train")
     run = fit(config, gradient_checkpointing=gradient_checkpointing, plan=plan)
     if not main_process():  # torchrun: rank 0 writes the run
@@ -229,14 +211,19 @@ def languages(task: str = typer.Option("sib200"), data_dir: Optional[Path] = typ
             console.print("\t".join([code, *language_name(code)]))
 
 
+def _quickstart_settings():
+    from .config import flat_settings
+
+    return {k: v for k, v in flat_settings().items() if k in ("prompt_length", "shots", "epochs", "seed")}
+
+
 @app.command()
 @friendly
+@with_settings(_quickstart_settings, defaults={"prompt_length": 10, "epochs": 3},
+               help_extra={"shots": " [default: all 701 sentences]"})
 def quickstart(
+    settings: dict,
     out: Path = typer.Option(Path("xlprompt-quickstart"), help="Folder for the run and the report."),
-    prompt_length: int = typer.Option(10),
-    shots: Optional[int] = typer.Option(None, help="Samples per class (default: all 701 sentences)."),
-    epochs: int = typer.Option(3),
-    seed: int = typer.Option(0),
     langs: str = typer.Option("all"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
@@ -247,8 +234,7 @@ def quickstart(
     from .engine import check_engine
     from .quickstart import run_quickstart
 
-    run_quickstart(out=out, prompt_length=prompt_length, shots=shots, epochs=epochs, seed=seed,
-                   langs=langs, console=console, engine=check_engine(engine), **_execution(device, dtype))
+    run_quickstart(out=out, **settings, langs=langs, console=console, engine=check_engine(engine), **_execution(device, dtype))
 
 
 @app.command()

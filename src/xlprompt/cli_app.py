@@ -65,3 +65,66 @@ def _execution(device: str, dtype: str) -> dict:
 
     check_device(device, dtype)
     return {"device": device, "dtype": dtype}
+
+
+# ------------------------------------------------------------------ options derived from declarations
+
+def _option(s, default, help_text: str):
+    """One typer option for a declared setting: its name, its old spellings, its help."""
+    flag = s.name.replace("_", "-")
+    olds = [a.replace("_", "-") for a in s.aliases]
+    if s.kind == "bool":
+        decls = [f"--{flag}/--no-{flag}", *(f"--{a}/--no-{a}" for a in olds)]
+    else:
+        decls = [f"--{flag}", *(f"--{a}" for a in olds)]
+    return typer.Option(default, *decls, help=help_text, show_default=default is not None)
+
+
+def _annotation(s, optional: bool):
+    base = {"int": int, "float": float, "bool": bool}.get(s.kind, str)  # shots, lists: text, checked below
+    return Optional[base] if optional else base
+
+
+def with_settings(settings, defaults: dict | None = None, help_extra: dict | None = None):
+    """Give a command one option per declared setting (`settings`: name -> Setting, or a function giving
+    them); the command receives the values the user gave or the declared defaults as `settings=dict`.
+    Options a method declares default to None here (the chosen method's own default applies); their help
+    names each method's default. `defaults`: this command's own defaults for some settings."""
+    import inspect
+    import typing
+
+    def decorate(fn):
+        declared = settings() if callable(settings) else settings
+        own = {k: v for k, v in typing.get_type_hints(fn).items() if k not in ("settings", "return")}
+        params, annotations = [], {}
+        for name, s in declared.items():
+            per_method = s.where == "method" and name != "method"
+            default = (defaults or {}).get(name, None if per_method else s.default)
+            if isinstance(default, list):
+                default = ",".join(map(str, default))
+            help_text = s.help + ((help_extra or {}).get(name, ""))
+            if default is None and s.none_shows and not per_method:
+                help_text += f" [default: {s.none_shows}]"
+            optional = default is None
+            param = inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                      default=_option(s, default, help_text),
+                                      annotation=_annotation(s, optional))
+            params.append(param)
+            annotations[name] = param.annotation
+        params += [p.replace(annotation=own[p.name]) for p in inspect.signature(fn).parameters.values()
+                   if p.name != "settings"]
+        annotations.update(own)
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            values = {}
+            for name, s in declared.items():
+                value = kwargs.pop(name)
+                flag = f"--{name.replace('_', '-')}"
+                values[name] = s.check(value, flag) if value is not None and s.kind not in ("bool",) else value
+            return fn(settings=values, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = annotations
+        return wrapper
+    return decorate

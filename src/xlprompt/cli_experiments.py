@@ -56,17 +56,17 @@ def _show_plan(specs, states):
 
     from rich.table import Table
 
-    from .experiments.grid import flat_settings, varying_fields
+    from .experiments.grid import spec_settings, varying_fields
 
     columns = varying_fields(specs)
     table = Table(title=f"{len(specs)} runs")
     for name in ["run id", "status", *columns]:
         table.add_column(name)
     for spec in specs:
-        flat = flat_settings(spec)
+        flat = spec_settings(spec)
         table.add_row(spec.run_id, states[spec.run_id], *[escape(json.dumps(flat.get(c))) for c in columns])
     console.print(table)
-    fixed = {k: v for k, v in flat_settings(specs[0]).items() if k not in columns} if specs else {}
+    fixed = {k: v for k, v in spec_settings(specs[0]).items() if k not in columns} if specs else {}
     console.print("same for every run: " + escape(json.dumps(fixed)), soft_wrap=True, highlight=False)
     counts = {s: list(states.values()).count(s) for s in ("done", "failed", "incomplete", "todo")}
     console.print(" · ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)

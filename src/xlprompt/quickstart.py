@@ -55,7 +55,7 @@ def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None,
 
     started = time.perf_counter()
     say = console.print if console else print
-    config = TrainConfig(method=InputPromptConfig(length=prompt_length), shots=shots, epochs=epochs, seed=seed)
+    config = TrainConfig(method=InputPromptConfig(prompt_length=prompt_length), shots=shots, epochs=epochs, seed=seed)
     # both plans before anything is written (a missing GPU fails here); the evaluation's may differ from the
     # training's in dtype (int8-checked evaluates over fp32 weights) and then evaluate casts the backbone
     train_plan = plan_for_config(config, device=device, dtype=dtype, purpose="train")

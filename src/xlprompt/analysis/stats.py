@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..experiments.store import setting_columns
 from . import tables as T
 from .languages import DISTANCES
 
@@ -176,7 +177,7 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per paired comparison in the store (columns: comparison, series, a, b, languages, seeds,
     means, seed spreads, effect, ci_low, ci_high, p_value, wins, losses)."""
     rows = T.transfer_rows(frame)
-    prompts = rows[rows["method"].isin(T.PROMPT_METHODS)]
+    prompts = rows[rows["method"].isin(T.prompt_methods())]
     out = []
     # MF vs no MF, per model / method / samples per class
     for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
@@ -242,7 +243,11 @@ def _method_rows(rows: pd.DataFrame, n_boot: int) -> list[dict]:
     return out
 
 
-WHY_SETTINGS = ("epochs", "lr", "reparam", "head_init", "head_lr", "head_weight_decay")  # what issue 15 asks about the prompt's loss to the probe
+def why_settings() -> list[str]:
+    """The settings declared `why=True`: what the variant rows change one at a time (issue 15: why the
+    prompt loses to the probe)."""
+    return [k for k, s in setting_columns().items() if s.why]
+
 
 
 def _same(a, b) -> bool:
@@ -251,12 +256,12 @@ def _same(a, b) -> bool:
 
 def variant_rows(rows: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
     """Frozen input prompts that differ from the method comparison's prompt arm in exactly one of
-    `WHY_SETTINGS` at the same model and samples per class (fewer epochs, another LR for the prompt or the head,
+    `why_settings()` at the same model and samples per class (fewer epochs, another LR for the prompt or the head,
     an MLP, a head started at the probe or decayed), each against that prompt ("variant_vs_prompt") and against the head-only
     probe ("variant_vs_head")."""
     prompts = rows[(rows["method"] == "input_prompt") & rows["freeze_model"]]
-    settings = [c for c in WHY_SETTINGS if c in rows.columns]
-    held = [a for a in T.AXES if a in rows.columns and a not in (*settings, "model", "method", "shots", "freeze_model")]
+    settings = [c for c in why_settings() if c in rows.columns]
+    held = [a for a in T.axes() if a in rows.columns and a not in (*settings, "model", "method", "shots", "freeze_model")]
     out = []
     for (model, shots), arms in sorted(method_arms(rows).items(), key=lambda kv: (kv[0][0], _shots_order(kv[0][1]))):
         base = arms.get("prompt")
@@ -290,7 +295,7 @@ def _language_slopes(arms: dict) -> tuple[np.ndarray, list[int]]:
 def length_slopes(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """Per series: the mean over languages of the per-language slope of accuracy on log2(prompt length)."""
     prompts = T.transfer_rows(frame)
-    prompts = prompts[prompts["method"].isin(T.PROMPT_METHODS)]
+    prompts = prompts[prompts["method"].isin(T.prompt_methods())]
     out = []
     for keys, arms in _groups(prompts, ["prompt_length"], ["model", "method", "freeze_model"]):
         if len(arms) < 2:
@@ -317,7 +322,7 @@ def distance_slopes(frame: pd.DataFrame, langs: pd.DataFrame, n_boot: int = N_BO
     """Per MF comparison and URIEL distance: slopes of accuracy on distance, frozen vs unfrozen, and the
     bootstrap interval of their difference."""
     rows = T.transfer_rows(frame)
-    prompts = rows[rows["method"].isin(T.PROMPT_METHODS)]
+    prompts = rows[rows["method"].isin(T.prompt_methods())]
     out = []
     for keys, arms in _groups(prompts, ["freeze_model"], ["model", "method", "shots"]):
         if not (True in arms and False in arms):

@@ -16,14 +16,26 @@ import numpy as np
 import pandas as pd
 
 from ..errors import XlpromptError
+from ..experiments.store import done_run_ids, load_store, setting_columns
+from ..prompts.config import METHOD_CONFIGS
 
-# the run settings a store may vary (seed is the replicate, never fixed)
-AXES = ("task", "model", "method", "prompt_length", "shots", "freeze_model", "reparam", "init", "lr",
-        "epochs", "train_language", "split", "head_init", "head_lr",
-        "head_weight_decay")
-PROMPT_METHODS = ("input_prompt", "deep_prompt")
-METHOD_NAMES = {"input_prompt": "input prompt", "deep_prompt": "deep prompt", "finetune": "fine-tuning",
-                "head": "head only"}
+
+def axes() -> tuple[str, ...]:
+    """The run settings a store may vary: every declared setting with a column (seed is the replicate)."""
+    return tuple(k for k in setting_columns() if k != "seed")
+
+
+def prompt_methods() -> tuple[str, ...]:
+    """Methods that train a prompt (input slots or per-layer prefixes), as they describe themselves."""
+    return tuple(k for k, cls in METHOD_CONFIGS.items() if cls.enters is not None)
+
+
+def methods_that(enters=None, trains_backbone=False) -> tuple[str, ...]:
+    return tuple(k for k, cls in METHOD_CONFIGS.items()
+                 if cls.enters == enters and cls.trains_backbone == trains_backbone)
+
+
+
 REQUIRED = ("run_id", "task", "model", "method", "seed", "freeze_model", "language", "accuracy")
 
 
@@ -49,11 +61,7 @@ def load_results(store_dir: str | Path) -> pd.DataFrame:
     rebuilds a stale table from them); a bare `DIR/results.parquet` (copied elsewhere, or made by
     hand) is read as is, since rebuilding it from no run folders would empty it."""
     store_dir = Path(store_dir)
-    try:
-        from ..experiments.store import done_run_ids, load_store
-    except ImportError:  # an install without the experiments package: the Parquet file is the contract
-        load_store = done_run_ids = None
-    if load_store is not None and done_run_ids(store_dir):
+    if done_run_ids(store_dir):
         frame = load_store(store_dir)
     else:
         path = store_dir / "results.parquet"
@@ -68,7 +76,7 @@ def load_results(store_dir: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise XlpromptError(f"The results store {store_dir} has no rows yet: run the sweep first.")
     frame = frame.copy()
-    for col in AXES:
+    for col in axes():
         if col not in frame.columns:
             frame[col] = np.nan
     frame["freeze_model"] = frame["freeze_model"].fillna(False).astype(bool)
@@ -93,7 +101,8 @@ def model_label(model: str) -> str:
 
 
 def method_label(method: str) -> str:
-    return METHOD_NAMES.get(method, str(method))
+    cls = METHOD_CONFIGS.get(method)
+    return cls.label if cls is not None else str(method)
 
 
 def freeze_label(frozen: bool) -> str:
@@ -129,7 +138,7 @@ def fix_other_axes(frame: pd.DataFrame, vary: list[str], keep: list[str],
                    min_values: int = 1) -> tuple[pd.DataFrame, list[dict]]:
     """Rows where every axis outside `vary` and `keep` is held at one value per `keep` group; groups
     whose best setting covers fewer than `min_values` values of `vary` are dropped."""
-    others = [a for a in AXES if a in frame.columns and a not in vary and a not in keep
+    others = [a for a in axes() if a in frame.columns and a not in vary and a not in keep
               and frame[a].nunique(dropna=False) > 1]
     parts, chosen = [], []
     for key, part in frame.groupby(keep, dropna=False, sort=True):
@@ -229,14 +238,14 @@ def _axis_study(frame, name, title, vary, keep, method_filter, caption, together
 def mf_study(frame: pd.DataFrame) -> Study:
     """Philippy et al. Fig. 2: transfer accuracy with vs without model freezing, per model."""
     return _axis_study(frame, "mf_vs_no_mf", "Transfer accuracy with vs without model freezing (MF)",
-                       "freeze_model", ["model", "method"], PROMPT_METHODS,
+                       "freeze_model", ["model", "method"], prompt_methods(),
                        "Mean zero-shot accuracy over target languages; bars are mean ± std over seeds.")
 
 
 def shots_study(frame: pd.DataFrame) -> Study:
     """Philippy et al. Fig. 3: transfer accuracy vs samples per class."""
     return _axis_study(frame, "shots", "Transfer accuracy vs samples per class",
-                       "shots", ["model", "method", "freeze_model"], PROMPT_METHODS,
+                       "shots", ["model", "method", "freeze_model"], prompt_methods(),
                        "Mean zero-shot accuracy over target languages; 'all' = the whole training set.",
                        together=("epochs",))
 
@@ -244,7 +253,7 @@ def shots_study(frame: pd.DataFrame) -> Study:
 def length_study(frame: pd.DataFrame) -> Study:
     """Philippy et al. Fig. 4: transfer accuracy vs prompt length."""
     return _axis_study(frame, "prompt_length", "Transfer accuracy vs prompt length",
-                       "prompt_length", ["model", "method", "freeze_model"], PROMPT_METHODS,
+                       "prompt_length", ["model", "method", "freeze_model"], prompt_methods(),
                        "Mean zero-shot accuracy over target languages; band = ± std over seeds.")
 
 
@@ -283,7 +292,7 @@ def methods_study(frame: pd.DataFrame) -> Study:
     """Tu et al.: prompt tuning (frozen model) vs fine-tuning, per task and language."""
     name, title = "prompt_vs_finetune", "Prompt tuning vs fine-tuning per task and language"
     rows = transfer_rows(frame)
-    prompt = rows[rows["method"].isin(PROMPT_METHODS) & rows["freeze_model"]]
+    prompt = rows[rows["method"].isin(prompt_methods()) & rows["freeze_model"]]
     ft = rows[rows["method"] == "finetune"]
     pairs = set(map(tuple, prompt[["task", "model"]].drop_duplicates().values)) & \
         set(map(tuple, ft[["task", "model"]].drop_duplicates().values))
@@ -311,7 +320,7 @@ def headline_slice(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """The runs the distance analysis compares: prompt methods, one setting per (model, method,
     freezing) chosen like Fig. 2's, so frozen and unfrozen differ only in freezing where possible."""
     rows = transfer_rows(frame)
-    rows = rows[rows["method"].isin(PROMPT_METHODS)]
+    rows = rows[rows["method"].isin(prompt_methods())]
     if rows.empty:
         rows = transfer_rows(frame)
     return fix_other_axes(rows, ["freeze_model"], ["model", "method"])
@@ -319,7 +328,7 @@ def headline_slice(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 
 def config_columns(frame: pd.DataFrame) -> list[str]:
     """The axes that actually vary in a frame (plus model and method, always shown)."""
-    return [a for a in AXES if a in frame.columns and (a in ("model", "method") or frame[a].nunique(dropna=False) > 1)]
+    return [a for a in axes() if a in frame.columns and (a in ("model", "method") or frame[a].nunique(dropna=False) > 1)]
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

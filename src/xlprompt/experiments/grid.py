@@ -28,31 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import (TrainConfig, config_from_settings, flat_settings, id_dict, method_option_settings,
+                      methods_with, settings_of)
 from ..errors import XlpromptError
-from ..prompts.config import METHOD_ALIASES, METHOD_CONFIGS, PROBE_C_GRID, method_config
+from ..settings import Setting, aliases_of, declared, setting
 
-# grid key -> (kind, where): where is "config" (a TrainConfig field), "method" (a method option), "eval"
-KEYS: dict[str, tuple[str, str]] = {
-    "task": ("str", "config"), "model": ("str", "config"), "train_language": ("str?", "config"),
-    "shots": ("shots", "config"), "seed": ("int", "config"), "epochs": ("int", "config"),
-    "batch_size": ("int", "config"), "lr": ("float", "config"), "head_lr": ("float?", "config"),
-    "warmup": ("float", "config"), "max_length": ("int", "config"), "weight_decay": ("float", "config"),
-    "head_weight_decay": ("float?", "config"),
-    "freeze_model": ("bool", "config"), "model_lr": ("float", "config"), "pooling": ("str", "config"),
-    "loss_over": ("str", "config"), "label_words": ("strlist", "config"), "data_dir": ("str?", "config"),
-    "eval_batch_size": ("int", "config"),
-    "method": ("str", "method"),
-    "prompt_length": ("int", "method"), "init": ("str", "method"), "init_range": ("float", "method"),
-    "reparam": ("str", "method"), "reparam_hidden": ("int?", "method"), "position": ("str", "method"),
-    "projection": ("bool", "method"), "projection_hidden": ("int", "method"),
-    "solver": ("str", "method"), "c_grid": ("floatlist", "method"), "head_init": ("str", "config"),
-    "languages": ("languages", "eval"), "split": ("str?", "eval"), "limit_per_language": ("int?", "eval"),
-    "alignment": ("int?", "eval"),
-}
-ALIASES = {"freeze": "freeze_model", "prefix_projection": "projection", "train_lang": "train_language",
-           "length": "prompt_length", "langs": "languages"}
-METHOD_OPTION = {"prompt_length": "length"}  # grid name -> method dataclass field, where they differ
 TOP_LEVEL = {"fixed", "axes", "name", "description"}
 
 
@@ -61,12 +41,14 @@ class RunSpec:
     """One run of a sweep: a resolved config plus what to evaluate it on."""
 
     config: TrainConfig
-    languages: Any = "all"  # "all" or a list of codes
-    split: str = "test"
-    limit_per_language: int | None = None  # evaluate.limit_per_language; None (every row) leaves the id as it was
-    # parallel examples per language whose alignment the run records (representations.measure_run) while its
-    # weights are there, on tasks with parallel data; None: not measured (the id stays as it was)
-    alignment: int | None = None
+    languages: Any = setting("all", "Evaluation languages: all or a list of codes.", kind="languages",
+                             column=False)
+    split: str | None = setting("test", "Evaluation split.", optional=True, none_shows="the task's test split")
+    limit_per_language: int | None = setting(None, "Score at most N rows per language (a fixed, seedless rule).",
+                                             kind="int", none_shows="every row", id_neutral=None)
+    alignment: int | None = setting(None, "Parallel examples per language whose alignment the run records "
+                                    "while its weights are there (tasks with parallel data).", kind="int",
+                                    none_shows="not measured", id_neutral=None)
 
     @property
     def run_id(self) -> str:
@@ -89,39 +71,29 @@ class RunSpec:
         """A short human description: model, method and its main knobs."""
         c, m = self.config, self.config.method
         bits = [Path(c.model).name, m.type]
-        if hasattr(m, "length"):
-            bits.append(f"L{m.length}")
+        if hasattr(m, "prompt_length"):
+            bits.append(f"L{m.prompt_length}")
         bits += [f"shots={c.shots or 'all'}", f"seed={c.seed}", "MF" if c.freeze_model else "noMF"]
         if getattr(m, "reparam", "none") != "none":
             bits.append(m.reparam)
         return " ".join(bits)
 
 
-# Settings added after stores were first written, with the value every earlier run had. At that value a
-# setting is left out of the hash, so adding an option never renames (and re-runs) a finished sweep; any
-# other value enters the hash as usual. A new TrainConfig or method field belongs here, with its default.
-# (Head-only runs before the converged probe were AdamW runs: `solver` is neutral at "adamw", so their ids
-# stay and probe runs get new ones.)
-ID_NEUTRAL: dict[str, dict] = {"config": {"head_init": "random", "head_weight_decay": None},
-                               "method": {"solver": "adamw", "c_grid": list(PROBE_C_GRID)}}
-
-
-def _id_view(spec_dict: dict) -> dict:
-    config = dict(spec_dict.get("config", {}))
-    method = dict(config.get("method") or {})
-    for key, value in ID_NEUTRAL["method"].items():
-        if key in method and method[key] == value:
-            del method[key]
-    for key, value in ID_NEUTRAL["config"].items():
-        if key in config and config[key] == value:
-            del config[key]
-    config["method"] = method
-    return {**spec_dict, "config": config}
-
-
 def run_id(spec_dict: dict) -> str:
-    canonical = json.dumps(_id_view(spec_dict), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    """The hash of a spec: settings at their `id_neutral` value are left out (an option added after stores
+    were written never renames a finished run) and a renamed setting hashes under its `id_key`."""
+    view = {**spec_dict, "config": id_dict(spec_dict.get("config", {}))}
+    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def eval_settings() -> dict[str, Setting]:
+    return declared(RunSpec, where="eval")
+
+
+def grid_settings() -> dict[str, Setting]:
+    """Every grid key: the declared settings of a run and of its evaluation."""
+    return {**flat_settings(), **eval_settings()}
 
 
 def load_grid(path: str | Path) -> dict:
@@ -157,65 +129,17 @@ def load_grid(path: str | Path) -> dict:
 
 
 def _canonical_key(key: str, where: str) -> str:
-    key = ALIASES.get(key, key)
-    if key not in KEYS:
-        valid = ", ".join(sorted(KEYS))
-        raise XlpromptError(f"Unknown grid key {key!r} in {where}; valid keys: {valid} "
-                            f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())}).")
+    keys = grid_settings()
+    aliases = aliases_of(keys)
+    key = aliases.get(key, key)
+    if key not in keys:
+        raise XlpromptError(f"Unknown grid key {key!r} in {where}; valid keys: {', '.join(sorted(keys))} "
+                            f"(aliases: {', '.join(f'{a}={b}' for a, b in aliases.items())}).")
     return key
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:
-    """Type-check one value and normalise it (ints written for floats, 'all' shots) so hashes agree."""
-    kind = KEYS[key][0]
-    optional = kind.endswith("?")
-    kind = kind.rstrip("?")
-
-    def bad(expected: str):
-        return XlpromptError(f"{where}: {key} = {value!r} is not {expected}.")
-
-    if value is None and (optional or kind in ("shots",)):
-        return None
-    if kind == "shots":
-        if isinstance(value, str) and value.lower() == "all":
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad("a positive number of samples per class or \"all\"")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "str":
-        if not isinstance(value, str) or not value:
-            raise bad("a non-empty string")
-        return value
-    if kind == "strlist":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of strings")
-        return value
-    if kind == "floatlist":
-        if not isinstance(value, list) or not value or \
-                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise bad("a non-empty list of numbers")
-        return [float(v) for v in value]
-    if kind == "languages":
-        if isinstance(value, str) and value.strip().lower() == "all":
-            return "all"
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise bad("\"all\" or a non-empty list of language codes")
-        return sorted(set(value))  # evaluation order does not matter; the hash must not see it
-    raise AssertionError(kind)
+    return grid_settings()[key].check(value, where)
 
 
 def _blocks(grid: dict) -> tuple[dict, list[dict]]:
@@ -257,26 +181,12 @@ def _blocks(grid: dict) -> tuple[dict, list[dict]]:
     return fixed, out
 
 
-def _method_names(name: str) -> str:
-    kind = METHOD_ALIASES.get(name, name)
-    if kind not in METHOD_CONFIGS:
-        raise XlpromptError(f"Unknown method {name!r}: choose one of {', '.join(METHOD_ALIASES)}.")
-    return kind
-
-
-def _method_fields(kind: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(METHOD_CONFIGS[kind]) if f.init}
-
-
 def _build_spec(settings: dict, context: str) -> RunSpec:
     from ..tasks import get_task
 
-    config_kw = {k: v for k, v in settings.items() if KEYS[k][1] == "config"}
-    options = {METHOD_OPTION.get(k, k): v for k, v in settings.items() if KEYS[k][1] == "method"}
-    kind = _method_names(options.pop("method", "prompt"))
-    options = {k: v for k, v in options.items() if k in _method_fields(kind)}  # e.g. no length for finetune
+    evals = eval_settings()
     try:
-        config = TrainConfig(method=method_config(kind, **options), **config_kw)
+        config = config_from_settings({k: v for k, v in settings.items() if k not in evals})
     except XlpromptError as exc:
         raise XlpromptError(f"Invalid run {context}: {exc}") from None
     task = get_task(config.task)
@@ -287,15 +197,20 @@ def _build_spec(settings: dict, context: str) -> RunSpec:
 
 def _check_method_options(fixed: dict, blocks: list[dict]) -> None:
     """A method option no method of its product accepts is a typo or a mistake: say so, don't drop it."""
+    from ..config import METHOD_ALIASES, METHOD_CONFIGS
+
+    options = method_option_settings()
     for axes in blocks:
         both = {**fixed, **axes}
         methods = axes.get("method") or [fixed.get("method", "prompt")]
-        accepted = set().union(*(_method_fields(_method_names(m)) for m in methods))
+        for m in methods:
+            if METHOD_ALIASES.get(m, m) not in METHOD_CONFIGS:
+                raise XlpromptError(f"Unknown method {m!r}: choose one of {', '.join(METHOD_ALIASES)}.")
+        kinds = {METHOD_ALIASES.get(m, m) for m in methods}
         for key in both:
-            if KEYS[key][1] == "method" and key != "method" and METHOD_OPTION.get(key, key) not in accepted:
+            if key in options and not kinds & set(methods_with(key)):
                 raise XlpromptError(f"{key} does not apply to method(s) {', '.join(methods)}; it applies to "
-                                    + ", ".join(k for k in METHOD_CONFIGS
-                                                if METHOD_OPTION.get(key, key) in _method_fields(k)) + ".")
+                                    + ", ".join(methods_with(key)) + ".")
 
 
 def _check_languages(specs: list[RunSpec]) -> None:
@@ -337,20 +252,14 @@ def expand_grid(grid: dict | str | Path) -> list[RunSpec]:
     return specs
 
 
-def flat_settings(spec: RunSpec) -> dict:
-    """One level of keys named as in grid files: config fields, method (its type) and its options."""
-    config = spec.config.to_dict()
-    method = config.pop("method")
-    out = {**config, "method": method.pop("type")}
-    names = {v: k for k, v in METHOD_OPTION.items()}
-    out.update({names.get(k, k): v for k, v in method.items()})
-    out.update(languages=spec.languages, split=spec.split, limit_per_language=spec.limit_per_language,
-               alignment=spec.alignment)
-    return out
+def spec_settings(spec: RunSpec) -> dict:
+    """One level of keys named as in grid files: the run's settings, the method and its options, evaluation."""
+    return {**settings_of(spec.config), "languages": spec.languages, "split": spec.split,
+            "limit_per_language": spec.limit_per_language, "alignment": spec.alignment}
 
 
 def varying_fields(specs: list[RunSpec]) -> list[str]:
     """Settings whose value differs between specs (the columns worth showing in a dry run)."""
-    flat = [flat_settings(s) for s in specs]
+    flat = [spec_settings(s) for s in specs]
     keys = list(dict.fromkeys(k for f in flat for k in f))
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]

@@ -7,12 +7,13 @@ Layout of a store DIR:
     DIR/runs/<run_id>.lock  held while a process works on the run
     DIR/results.parquet     this table, always rebuildable from the run folders
 
-Columns (a contract the report reads): run_id, task, model, method (input_prompt / deep_prompt / finetune /
-head), prompt_length (nullable int), shots (nullable int; null = all), seed, freeze_model, reparam, init,
-lr, epochs, train_language, language, split, accuracy, macro_f1, n, trainable_parameters,
-backbone_parameters, train_seconds, best_epoch; then a few extras (prefix_projection, batch_size,
-dev_accuracy, finished, late_dev_gain: the relative dev-loss drop over the
-last quarter of the epochs) and any other metric a task returns, as float columns.
+Columns (a contract the report reads): run_id; then one column per declared setting of a run (`settings.setting`
+with column=True: task, model, method (its type: input_prompt / deep_prompt / finetune / head), the method's
+options such as prompt_length (nullable int) and reparam, shots (nullable int; null = all), seed,
+freeze_model, lr, epochs, train_language, split, ...), so a new setting is a new column with no change
+here; then the outcomes: language, accuracy, macro_f1, n, trainable_parameters, backbone_parameters,
+train_seconds, best_epoch, dev_accuracy, finished, late_dev_gain (the relative dev-loss drop over the last
+quarter of the epochs) and any other metric a task returns, as float columns.
 """
 from __future__ import annotations
 
@@ -25,23 +26,27 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from .grid import RunSpec, grid_settings, spec_settings
 
 RESULTS_FILE = "results.parquet"
 DONE, FAILED, SPEC, RESULTS = "done.json", "failed.json", "spec.json", "results.json"
 
 # name -> pandas dtype; nullable dtypes so an empty store and a full one have the same schema
-COLUMNS = {
-    "run_id": "string", "task": "string", "model": "string", "method": "string",
-    "prompt_length": "Int64", "shots": "Int64", "seed": "Int64", "freeze_model": "boolean",
-    "reparam": "string", "init": "string", "lr": "float64", "epochs": "Int64",
-    "train_language": "string", "language": "string", "split": "string",
-    "accuracy": "float64", "macro_f1": "float64", "n": "Int64",
+OUTCOMES = {
+    "language": "string", "accuracy": "float64", "macro_f1": "float64", "n": "Int64",
     "trainable_parameters": "Int64", "backbone_parameters": "Int64", "train_seconds": "float64",
-    "best_epoch": "Int64",
-    "prefix_projection": "boolean", "batch_size": "Int64", "dev_accuracy": "float64", "finished": "float64",
-    "late_dev_gain": "float64", "head_init": "string", "head_lr": "float64",
-    "head_weight_decay": "float64",
+    "best_epoch": "Int64", "dev_accuracy": "float64", "finished": "float64", "late_dev_gain": "float64",
 }
+
+
+def setting_columns() -> dict:
+    """name -> Setting of every declared setting the store keeps as a column."""
+    return {k: s for k, s in grid_settings().items() if s.column}
+
+
+def columns() -> dict[str, str]:
+    """The store's schema: run_id, the declared settings, the outcomes."""
+    return {"run_id": "string", **{k: s.dtype for k, s in setting_columns().items()}, **OUTCOMES}
 
 
 def runs_dir(store_dir: str | Path) -> Path:
@@ -77,35 +82,26 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     done = io.read_json(run_dir / DONE)
     results = io.read_json(run_dir / RESULTS)
     meta = io.read_json(run_dir / "run.json")
-    spec = done["spec"]
-    config, method = spec["config"], spec["config"]["method"]
+    spec = RunSpec.from_dict(done["spec"])  # older spellings are read through the declared aliases
+    flat, config = spec_settings(spec), spec.config.to_dict()
     info, params = meta.get("info", {}), meta.get("parameters", {})
     curve = io.read_json(run_dir / "curve.json") if (run_dir / "curve.json").is_file() else []
     best = info.get("best_epoch")
     dev_acc = (next((c.get("dev_accuracy") for c in curve if c.get("epoch") == best), None) if best is not None
                else info.get("dev_accuracy"))  # runs without epochs (the linear probe) say it in info
-    base = {
-        "run_id": done["run_id"], "task": config["task"], "model": config["model"], "method": method["type"],
-        "prompt_length": method.get("length"), "shots": config["shots"], "seed": config["seed"],
-        "freeze_model": config["freeze_model"], "reparam": method.get("reparam"), "init": method.get("init"),
-        "lr": config["lr"], "epochs": config["epochs"],
-        "train_language": results.get("train_language") or config.get("train_language"),
-        "split": results.get("split", spec.get("split")),
+    base = {"run_id": done["run_id"],
+            **{k: (s.stored(config) if s.stored else flat.get(k)) for k, s in setting_columns().items()}}
+    base.update({
+        # what the run trained on and was scored on, as its results say (the task's default resolved)
+        "train_language": results.get("train_language") or flat["train_language"],
+        "split": results.get("split", spec.split),
         # what trained, reparameterization nets included (the saved prompt is folded and smaller)
         "trainable_parameters": info.get("trained_parameters", params.get("trainable")),
         "backbone_parameters": params.get("backbone"), "train_seconds": info.get("train_seconds"),
-        "best_epoch": best, "prefix_projection": method.get("projection"),
-        "batch_size": config["batch_size"], "dev_accuracy": dev_acc, "finished": done.get("finished"),
-        "late_dev_gain": late_dev_gain(curve), "head_init": config.get("head_init", "random"),
-        "head_lr": config.get("head_lr"),
-        # what the head's optimizer used: its own decay, else the run's (old runs have neither key: 0)
-        "head_weight_decay": _first_set(config.get("head_weight_decay"), config.get("weight_decay"), 0.0),
-    }
+        "best_epoch": best, "dev_accuracy": dev_acc, "finished": done.get("finished"),
+        "late_dev_gain": late_dev_gain(curve),
+    })
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
-
-
-def _first_set(*values):
-    return next(v for v in values if v is not None)
 
 
 def late_dev_gain(curve: list[dict]) -> float | None:
@@ -119,13 +115,13 @@ def late_dev_gain(curve: list[dict]) -> float | None:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for name in COLUMNS:
+    frame, schema = pd.DataFrame(rows), columns()
+    for name in schema:
         if name not in frame:
             frame[name] = None
-    extra = [c for c in frame.columns if c not in COLUMNS]
-    frame = frame[list(COLUMNS) + sorted(extra)]
-    frame = frame.astype(COLUMNS)
+    extra = [c for c in frame.columns if c not in schema]
+    frame = frame[list(schema) + sorted(extra)]
+    frame = frame.astype(schema)
     for c in extra:  # further metrics a task reports (e.g. exact match): floats
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     return frame.sort_values(["run_id", "language"], kind="stable").reset_index(drop=True)
@@ -189,7 +185,7 @@ def load_store(store_dir: str | Path) -> pd.DataFrame:
         if fresh:
             frame = pd.read_parquet(path)
             # a table written by an older xlprompt lacks newer columns: rebuild it from the run folders
-            if set(frame["run_id"].unique()) == set(done) and set(COLUMNS) <= set(frame.columns):
+            if set(frame["run_id"].unique()) == set(done) and set(columns()) <= set(frame.columns):
                 return frame
     return rebuild_store(store_dir)
 

@@ -91,7 +91,7 @@ def _model_facts(model: str):
 
 
 def _refuse_unexportable(run_dir: Path, config: TrainConfig) -> None:
-    if not config.method.needs_prompt:
+    if not config.method.enters is not None:
         raise XlpromptError(
             f"{run_dir} was trained with --method {config.method.type} and has no prompt, so there is no PEFT "
             "prompt adapter to export. Use the run with xlprompt (xlprompt.load / xlprompt evaluate), or train "
@@ -135,7 +135,7 @@ def _prompt_tensor(method, state: dict, kind: str, hf_config):
                   prefix_projection=False, init_weights=None)
     exported = [f"deep prompt: prefix keys/values of length {length} in {layers} layers ({kv_heads} K/V heads "
                 f"x {head_dim}), prefix_projection=False"]
-    if method.projection:
+    if method.prefix_projection:
         exported.append("the prefix projection, folded into the prefix (PEFT's inference mode needs no MLP)")
     flat = prefix.permute(3, 0, 1, 2, 4).reshape(length, -1)  # PEFT's (L, layers*2*kv_heads*head_dim)
     if kind == "decoder":

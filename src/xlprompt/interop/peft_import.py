@@ -80,8 +80,8 @@ def import_peft(adapter_dir: str | Path, out_run_dir: str | Path, task: str | No
     length = pe.shape[0]
     # PEFT's layout is position="start"; an adapter xlprompt exported keeps the layout it was trained in
     position = side.get("prompt_position") or "start"
-    method = (InputPromptConfig(length=length, position=position) if kind == "PROMPT_TUNING"
-              else DeepPromptConfig(length=length))
+    method = (InputPromptConfig(prompt_length=length, position=position) if kind == "PROMPT_TUNING"
+              else DeepPromptConfig(prompt_length=length))
     label_words = label_words or side.get("label_words") or None
     config = TrainConfig(task=task_name, model=model_name, method=method,
                          pooling=pooling or side.get("pooling") or "mean", label_words=label_words,

@@ -17,7 +17,7 @@ PROMPT_BUILDERS[DeepPromptConfig] = build_deep_prompt
 
 def build_prompt_method(config, backbone, generator: torch.Generator):
     """The prompt module for a method config, or None for methods without a prompt."""
-    if not config.needs_prompt:
+    if config.enters is None:
         return None
     builder = PROMPT_BUILDERS.get(type(config))
     if builder is None:

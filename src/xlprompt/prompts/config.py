@@ -1,8 +1,11 @@
 """One small config dataclass per method: the method space is data, not flags.
 
 `method_from_dict` / `dataclasses.asdict` round-trip a config through JSON (the `type` key names the class).
-A method says whether it needs a prompt module and whether it trains the backbone by default; the
-training loop reads those two facts and never branches on the method itself.
+A method describes itself on its config class: `cli_name` (what users type), `label` (what readers see),
+`enters` (how it enters the model: "input" slots, a per-layer "prefix", or None), `trains_backbone`, and
+its options, declared with `settings.setting` (default, help, kind). The training loop, serving, the
+engines, interop, the grid, the store and the report read those facts and never test a method's name.
+A new method: its config (here or in its own module), its prompt module, and `prompts.register_method`.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import XlpromptError
+from ..settings import declared, read_aliases, setting
 
 REPARAMS = ("none", "mlp", "residual")
 
@@ -31,19 +35,25 @@ class InputPromptConfig:
     reparam: none; mlp = Linear(d,h)-ReLU-Linear(h,d)-LayerNorm (Philippy et al.); residual = x + mlp(x).
     """
 
-    length: int = 10
-    init: str = "random"
-    init_range: float = 0.5
-    reparam: str = "none"
-    reparam_hidden: int | None = None  # None: the model's hidden size
-    position: str = "auto"  # auto: the layouts above; start: before every token, as PEFT prompt tuning
+    prompt_length: int = setting(10, "Prompt length L: trained vectors (input) or key/value pairs per layer "
+                                 "(deep).", aliases=("length",), id_key="length")
+    init: str = setting("random", "Prompt init: random (uniform ±init_range) | vocab | text:PHRASE | run:RUN_DIR "
+                        "(deep prompts: random | run:RUN_DIR).")
+    init_range: float = setting(0.5, "Random init: uniform(-r, r).")
+    reparam: str = setting("none", "Input prompt reparameterization: none | mlp | residual.", why=True)
+    reparam_hidden: int | None = setting(None, "Hidden size of the reparameterization MLP.", kind="int",
+                                         none_shows="the model's hidden size")
+    position: str = setting("auto", "auto (the layouts above) | start (before every token, as PEFT prompt "
+                            "tuning).")
     type: str = field(default="input_prompt", init=False)
-    needs_prompt = True
+    cli_name = "prompt"
+    label = "input prompt"
+    enters = "input"  # trained vectors among the input embeddings
     trains_backbone = False
 
     def __post_init__(self):
-        if self.length < 1:
-            raise XlpromptError(f"Prompt length must be >= 1, got {self.length}.")
+        if self.prompt_length < 1:
+            raise XlpromptError(f"Prompt length must be >= 1, got {self.prompt_length}.")
         _check_init(self.init)
         if self.reparam not in REPARAMS:
             raise XlpromptError(f"Unknown reparameterization {self.reparam!r}: use one of {', '.join(REPARAMS)}.")
@@ -58,18 +68,23 @@ class DeepPromptConfig:
     projection: reparameterize the prefix through Linear(d, projection_hidden)-Tanh-Linear(., 2*layers*d).
     """
 
-    length: int = 16
-    projection: bool = False
-    projection_hidden: int = 512
-    init: str = "random"
-    init_range: float = 0.5
+    prompt_length: int = setting(16, "Prompt length L: trained vectors (input) or key/value pairs per layer "
+                                 "(deep).", aliases=("length",), id_key="length")
+    prefix_projection: bool = setting(False, "Deep prompt: Linear-Tanh-Linear prefix projection.",
+                                      aliases=("projection",), id_key="projection")
+    projection_hidden: int = setting(512, "Hidden size of the prefix projection.")
+    init: str = setting("random", "Prompt init: random (uniform ±init_range) | vocab | text:PHRASE | run:RUN_DIR "
+                        "(deep prompts: random | run:RUN_DIR).")
+    init_range: float = setting(0.5, "Random init: uniform(-r, r).")
     type: str = field(default="deep_prompt", init=False)
-    needs_prompt = True
+    cli_name = "deep"
+    label = "deep prompt"
+    enters = "prefix"  # trained keys and values in every attention layer
     trains_backbone = False
 
     def __post_init__(self):
-        if self.length < 1:
-            raise XlpromptError(f"Prompt length must be >= 1, got {self.length}.")
+        if self.prompt_length < 1:
+            raise XlpromptError(f"Prompt length must be >= 1, got {self.prompt_length}.")
         if self.init not in ("random",) and not self.init.startswith("run:"):
             raise XlpromptError(f"Deep prompts support init random or run:RUN_DIR, got {self.init!r}.")
 
@@ -79,7 +94,9 @@ class FinetuneConfig:
     """Full fine-tuning of the model and a task head, no prompt (Tu et al.'s baseline)."""
 
     type: str = field(default="finetune", init=False)
-    needs_prompt = False
+    cli_name = "finetune"
+    label = "fine-tuning"
+    enters = None
     trains_backbone = True
 
 
@@ -98,10 +115,15 @@ class HeadOnlyConfig:
     behaviour: `epochs` of AdamW at `head_lr` through the frozen model, the epoch with the best dev loss kept.
     """
 
-    solver: str = "lbfgs"
-    c_grid: list = field(default_factory=lambda: list(PROBE_C_GRID))
+    solver: str = setting("lbfgs", "--method head: lbfgs (the converged linear probe, C chosen on dev) | adamw "
+                          "(epochs of AdamW at --head-lr).", id_neutral="adamw")
+    c_grid: list = setting(help="--method head, lbfgs: the regularisation strengths C tried on dev.",
+                           kind="floatlist", default_factory=lambda: list(PROBE_C_GRID),
+                           id_neutral=list(PROBE_C_GRID), column=False)
     type: str = field(default="head", init=False)
-    needs_prompt = False
+    cli_name = "head"
+    label = "head only"
+    enters = None
     trains_backbone = False
 
     @property
@@ -116,10 +138,32 @@ class HeadOnlyConfig:
             raise XlpromptError(f"c_grid must list positive regularisation strengths C, got {self.c_grid}.")
 
 
-METHOD_CONFIGS = {"input_prompt": InputPromptConfig, "deep_prompt": DeepPromptConfig,
-                  "finetune": FinetuneConfig, "head": HeadOnlyConfig}
-# what users type on the command line
-METHOD_ALIASES = {"prompt": "input_prompt", "deep": "deep_prompt", "finetune": "finetune", "head": "head"}
+METHOD_CONFIGS: dict[str, type] = {}  # config type -> class
+METHOD_ALIASES: dict[str, str] = {}   # what users type on the command line -> config type
+
+
+def register_config(cls) -> type:
+    """Make a method config known by its type and its command-line name (`prompts.register_method` also
+    registers the prompt module that builds it)."""
+    kind = cls.type
+    for name, s in declared(cls, where="method").items():
+        for other in METHOD_CONFIGS.values():
+            theirs = declared(other, where="method").get(name)
+            if theirs is not None and theirs.kind != s.kind:
+                raise TypeError(f"method option {name} is {s.kind} in {cls.__name__} but {theirs.kind} in "
+                                f"{other.__name__}: one name, one kind")
+    METHOD_CONFIGS[kind] = cls
+    METHOD_ALIASES[cls.cli_name] = kind
+    return cls
+
+
+for _cls in (InputPromptConfig, DeepPromptConfig, FinetuneConfig, HeadOnlyConfig):
+    register_config(_cls)
+
+
+def method_settings(kind: str) -> dict:
+    """name -> Setting of one method's options."""
+    return declared(METHOD_CONFIGS[kind], where="method")
 
 
 def method_from_dict(d: dict):
@@ -128,6 +172,7 @@ def method_from_dict(d: dict):
     if kind not in METHOD_CONFIGS:
         raise XlpromptError(f"Unknown method type {kind!r} in config: known {sorted(METHOD_CONFIGS)}.")
     cls = METHOD_CONFIGS[kind]
+    d = read_aliases(d, method_settings(kind), f"method {kind}")
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(d) - names
     if unknown:
@@ -143,5 +188,6 @@ def method_config(name: str, **options):
     if kind not in METHOD_CONFIGS:
         raise XlpromptError(f"Unknown method {name!r}: choose one of {', '.join(METHOD_ALIASES)}.")
     cls = METHOD_CONFIGS[kind]
+    options = read_aliases(options, method_settings(kind), f"method {name}")
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     return cls(**{k: v for k, v in options.items() if k in names and v is not None})

@@ -53,13 +53,13 @@ class DeepPrompt(nn.Module):
                  head_dim: int, make_cache):
         super().__init__()
         self.config = config
-        self.shape = (num_layers, 2, kv_heads, config.length, head_dim)
+        self.shape = (num_layers, 2, kv_heads, config.prompt_length, head_dim)
         # the backbone owns transformers' cache classes; we only hand it per-layer (K, V) tensors
         self._make_cache = make_cache
-        if config.projection:
+        if config.prefix_projection:
             out = num_layers * 2 * kv_heads * head_dim  # 2 * layers * d without GQA, as in Tu et al.
             self.register_parameter("prefix", None)
-            self.embedding = nn.Parameter(torch.empty(config.length, hidden_size))
+            self.embedding = nn.Parameter(torch.empty(config.prompt_length, hidden_size))
             # skip_init: the builder draws every value from its generator, and the global RNG stays untouched
             hidden = config.projection_hidden
             self.projection = nn.Sequential(nn.utils.skip_init(nn.Linear, hidden_size, hidden), nn.Tanh(),
@@ -100,7 +100,7 @@ class DeepPrompt(nn.Module):
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_mask: torch.Tensor | None = None) -> PromptedInputs:
-        batch, length = embeds.shape[0], self.config.length
+        batch, length = embeds.shape[0], self.config.prompt_length
         prefix = self.prefix_tensor().to(embeds.dtype)
         # expand is a view: the batch shares one prefix and its gradient sums over the batch
         layers = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix]

@@ -95,7 +95,7 @@ def run_prompt(run_dir: str, length: int, dim: int) -> torch.Tensor:
 
 def initial_prompt(config, backbone, generator: torch.Generator) -> torch.Tensor:
     """The (L, d) starting value for an InputPromptConfig's `init`."""
-    length, dim = config.length, backbone.hidden_size
+    length, dim = config.prompt_length, backbone.hidden_size
     if config.init == "random":
         return random_prompt(length, dim, config.init_range, generator)
     if config.init == "vocab":

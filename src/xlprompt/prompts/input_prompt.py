@@ -35,17 +35,17 @@ class InputPrompt(nn.Module):
         super().__init__()
         self.config = config
         if initial is None:
-            initial = torch.empty(config.length, embed_dim).uniform_(-config.init_range, config.init_range,
+            initial = torch.empty(config.prompt_length, embed_dim).uniform_(-config.init_range, config.init_range,
                                                                      generator=generator)
-        if tuple(initial.shape) != (config.length, embed_dim):
+        if tuple(initial.shape) != (config.prompt_length, embed_dim):
             raise ValueError(f"initial prompt has shape {tuple(initial.shape)}, expected "
-                             f"{(config.length, embed_dim)}")
+                             f"{(config.prompt_length, embed_dim)}")
         self.embedding = nn.Parameter(initial.detach().clone().float())
         self.reparam = build_reparam(config.reparam, embed_dim, config.reparam_hidden, generator)
 
     @property
     def num_slots(self) -> int:
-        return self.config.length
+        return self.config.prompt_length
 
     @property
     def materialized(self) -> bool:
@@ -77,7 +77,7 @@ class InputPrompt(nn.Module):
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_mask: torch.Tensor) -> PromptedInputs:
-        batch, length = embeds.shape[0], self.config.length
+        batch, length = embeds.shape[0], self.config.prompt_length
         prompt = self.prompt_embeddings().to(embeds.dtype)
         # the slots' positions, in order, without a boolean index: `embeds[prompt_mask]` needs the count of
         # True values on the host, a GPU->CPU sync in every forward pass (a stable sort puts slots first)

@@ -56,12 +56,12 @@ class ServedRun:
 
     @property
     def prefix_length(self) -> int:
-        return self.model.method.config.length if isinstance(self.model.method, DeepPrompt) else 0
+        return self.model.method.config.prompt_length if isinstance(self.model.method, DeepPrompt) else 0
 
     @property
     def prompt_length(self) -> int:
         method = self.model.method
-        return method.config.length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
+        return method.config.prompt_length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
 
     def info(self) -> dict:
         config = self.run.config
