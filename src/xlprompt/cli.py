@@ -32,7 +32,7 @@ def _method_notes() -> dict:
 
 @app.command()
 @friendly
-@with_settings(_train_settings, help_extra=_method_notes())
+@with_settings(_train_settings, help_extra=_method_notes)
 def train(
     settings: dict,
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA); with --text-column your "

@@ -85,46 +85,56 @@ def _annotation(s, optional: bool):
     return Optional[base] if optional else base
 
 
-def with_settings(settings, defaults: dict | None = None, help_extra: dict | None = None):
-    """Give a command one option per declared setting (`settings`: name -> Setting, or a function giving
-    them); the command receives the values the user gave or the declared defaults as `settings=dict`.
-    Options a method declares default to None here (the chosen method's own default applies); their help
-    names each method's default. `defaults`: this command's own defaults for some settings."""
-    import inspect
-    import typing
+class _SettingsCommand:
+    """A command whose options are the declared settings, read when the CLI is built (not at import), so a
+    method or setting registered later (a plugin, a test) is an option too."""
 
-    def decorate(fn):
-        declared = settings() if callable(settings) else settings
-        own = {k: v for k, v in typing.get_type_hints(fn).items() if k not in ("settings", "return")}
-        params, annotations = [], {}
+    def __init__(self, fn, settings, defaults, help_extra):
+        functools.update_wrapper(self, fn)
+        self.fn, self.settings, self.defaults, self.help_extra = fn, settings, defaults or {}, help_extra
+        self.__annotations__ = {}  # one dict, filled in place: wrappers made by functools.wraps share it
+        self._declared = {}
+
+    @property
+    def __signature__(self):
+        import inspect
+        import typing
+
+        declared = self.settings() if callable(self.settings) else self.settings
+        extra = self.help_extra() if callable(self.help_extra) else (self.help_extra or {})
+        own = {k: v for k, v in typing.get_type_hints(self.fn).items() if k not in ("settings", "return")}
+        params = []
         for name, s in declared.items():
             per_method = s.where == "method" and name != "method"
-            default = (defaults or {}).get(name, None if per_method else s.default)
+            default = self.defaults.get(name, None if per_method else s.default)
             if isinstance(default, list):
                 default = ",".join(map(str, default))
-            help_text = s.help + ((help_extra or {}).get(name, ""))
+            help_text = s.help + extra.get(name, "")
             if default is None and s.none_shows and not per_method:
                 help_text += f" [default: {s.none_shows}]"
-            optional = default is None
-            param = inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                      default=_option(s, default, help_text),
-                                      annotation=_annotation(s, optional))
-            params.append(param)
-            annotations[name] = param.annotation
-        params += [p.replace(annotation=own[p.name]) for p in inspect.signature(fn).parameters.values()
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=_option(s, default, help_text),
+                                            annotation=_annotation(s, default is None)))
+        params += [p.replace(annotation=own[p.name]) for p in inspect.signature(self.fn).parameters.values()
                    if p.name != "settings"]
-        annotations.update(own)
+        self.__annotations__.clear()
+        self.__annotations__.update({p.name: p.annotation for p in params})
+        self._declared = declared
+        return inspect.Signature(params)
 
-        @functools.wraps(fn)
-        def wrapper(**kwargs):
-            values = {}
-            for name, s in declared.items():
-                value = kwargs.pop(name)
-                flag = f"--{name.replace('_', '-')}"
-                values[name] = s.check(value, flag) if value is not None and s.kind not in ("bool",) else value
-            return fn(settings=values, **kwargs)
+    def __call__(self, **kwargs):
+        values = {}
+        for name, s in self._declared.items():
+            value = kwargs.pop(name)
+            values[name] = s.check(value, f"--{name.replace('_', '-')}") if value is not None and s.kind != "bool" \
+                else value
+        return self.fn(settings=values, **kwargs)
 
-        wrapper.__signature__ = inspect.Signature(params)
-        wrapper.__annotations__ = annotations
-        return wrapper
-    return decorate
+
+def with_settings(settings, defaults: dict | None = None, help_extra=None):
+    """Give a command one option per declared setting (`settings`: name -> Setting, or a function giving
+    them); the command receives the values the user gave or the declared defaults as `settings=dict`.
+    Options a method declares default to None here (the chosen method's own default applies).
+    `defaults`: this command's own defaults for some settings; `help_extra`: name -> text added to the help
+    (or a function giving that)."""
+    return lambda fn: _SettingsCommand(fn, settings, defaults, help_extra)

@@ -83,7 +83,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     train_set = task.encode(tokenizer, train_df, config.max_length)
     dev_set = task.encode(tokenizer, dev_df, config.max_length)
 
-    if getattr(config.method, "fits_by_probe", False):  # head only: the converged linear probe, no epochs
+    if config.method.fits_by_probe:  # head only: the converged linear probe, no epochs
         return fit_probe(config, model, task, (train_df, train_set), (dev_df, dev_set))
     head_init = None
     if config.head_init == "probe":  # the head starts at the probe on the unprompted model

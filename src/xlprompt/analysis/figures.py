@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .languages import DISTANCES, label as language_label  # noqa: E402
-from .tables import Study, freeze_label, model_label, series_label, shots_label  # noqa: E402
+from .tables import Study, freeze_label, held_fixed_text, is_kind, model_label, series_label, shots_label  # noqa: E402
 
 DPI = 110
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
@@ -32,8 +32,12 @@ def styled(fn):
     return wrapper
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, study: Study | None = None, tight: bool = True) -> Path:
+    fixed = held_fixed_text(study.config.get("held_fixed") or []) if study is not None else ""
+    if tight:
+        fig.tight_layout(rect=(0, 0.04, 1, 1) if fixed else None)
+    if fixed:  # what the figure does not show it holds fixed: say so on the figure itself
+        fig.text(0.01, 0.01, f"held fixed: {fixed}", fontsize=7, color="#404a5e", wrap=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -73,7 +77,7 @@ def plot_mf(study: Study, path: Path) -> Path:
     ax.set_ylim(0, max(0.1, top * 1.25))  # headroom for the legend above the bars
     ax.set_title(study.title)
     ax.legend(loc="upper center", ncol=2, fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, study)
 
 
 def _lines(study: Study, path: Path, x_col: str, xlabel: str, categorical: bool, log: bool) -> Path:
@@ -102,7 +106,7 @@ def _lines(study: Study, path: Path, x_col: str, xlabel: str, categorical: bool,
     ax.set_ylabel("zero-shot accuracy (mean over target languages)")
     ax.set_title(study.title)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return _save(fig, path, study)
 
 
 @styled
@@ -139,9 +143,7 @@ def plot_reparam(study: Study, path: Path) -> Path:
                ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(study.title)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, study, tight=False)
 
 
 @styled
@@ -152,8 +154,9 @@ def plot_methods(study: Study, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 5.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         part = t[t["task"] == task]
-        for (model, method), prm in part[part["method"] != "finetune"].groupby(["model", "method"]):
-            ft = part[(part["model"] == model) & (part["method"] == "finetune")]
+        tuned = is_kind(part["method"], "finetune")
+        for (model, method), prm in part[~tuned].groupby(["model", "method"]):
+            ft = part[(part["model"] == model) & tuned]
             both = prm.merge(ft, on="language", suffixes=("", "_ft"))
             if both.empty:
                 continue
@@ -176,7 +179,7 @@ def plot_methods(study: Study, path: Path) -> Path:
         ax.set_title(f"task {task}")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(study.title)
-    return _save(fig, path)
+    return _save(fig, path, study)
 
 
 @styled
@@ -211,9 +214,7 @@ def plot_distance(study: Study, path: Path) -> Path:
     fig.legend(handles, series, loc="lower center", ncol=min(2, len(series)), fontsize=8)
     fig.suptitle(study.title)
     fig.tight_layout(rect=(0, 0.06 * ((len(series) + 1) // 2), 1, 1))
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, study, tight=False)
 
 
 @styled
@@ -233,7 +234,7 @@ def plot_seen(study: Study, path: Path) -> Path:
     ax.set_ylim(0, max(0.1, float(np.nanmax(t["mean"] + _err(t["std"]))) * 1.25))
     ax.set_title(study.title)
     ax.legend(fontsize=8, loc="upper center", ncol=2)
-    return _save(fig, path)
+    return _save(fig, path, study)
 
 
 PLOTTERS = {"mf_vs_no_mf": plot_mf, "shots": plot_shots, "prompt_length": plot_length,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import languages as L
+from . import tables as T
 
 PREVIEW_ROWS = 40
 CSS = """
@@ -31,7 +32,7 @@ pre{background:#f4f5f8;padding:8px;font-size:11.5px;overflow-x:auto} .skip{color
 
 
 def _table(frame: pd.DataFrame, rows: int | None = PREVIEW_ROWS) -> str:
-    shown = frame if rows is None else frame.head(rows)
+    shown = T.shown(frame if rows is None else frame.head(rows))
     out = shown.to_html(index=False, border=0, classes="data", na_rep="–", float_format=lambda v: f"{v:.3f}",
                         escape=True)
     if rows is not None and len(frame) > rows:

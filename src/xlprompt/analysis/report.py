@@ -115,8 +115,10 @@ def headlines(studies: dict, extra: dict) -> dict:
         wide = mf.table.pivot_table(index=["model", "method"], columns="freeze_model", values="accuracy_mean")
         rows = []
         for (model, method), r in wide.iterrows():
+            chosen = [c for c in mf.config.get("held_fixed", []) if (c.get("model"), c.get("method")) == (model, method)]
             rows.append({"model": T.model_label(model), "method": T.method_label(method),
-                         "MF": r.get(True), "no MF": r.get(False), "MF - no MF": r.get(True) - r.get(False)})
+                         "MF": r.get(True), "no MF": r.get(False), "MF - no MF": r.get(True) - r.get(False),
+                         "held fixed": T.held_fixed_text(chosen)})
         out["mf"] = rows
     ln = studies.get("prompt_length")
     if ln is not None and ln.table is not None:
@@ -128,7 +130,9 @@ def headlines(studies: dict, extra: dict) -> dict:
                                                     ["model", "method", "freeze_model"]),
                            "curve": {int(p): round(float(a), 4) for p, a in
                                      zip(part["prompt_length"], part["accuracy_mean"])},
-                           "best_length": int(best["prompt_length"]), "best_accuracy": float(best["accuracy_mean"])})
+                           "best_length": int(best["prompt_length"]), "best_accuracy": float(best["accuracy_mean"]),
+                           "held fixed": T.held_fixed_text([c for c in ln.config.get("held_fixed", []) if (
+                               c.get("model"), c.get("method"), c.get("freeze_model")) == key])})
         out["prompt_length"] = curves
     corr = extra.get("correlations")
     if corr is not None and not corr.empty and corr["pearson_r"].notna().any():
@@ -150,13 +154,12 @@ def pick_alignment_runs(frame: pd.DataFrame, store_dir: Path, limit: int = 4) ->
                                        method=("method", "first"), freeze=("freeze_model", "first"),
                                        seed=("seed", "min"), langs=("language", "nunique")).reset_index()
     runs = runs[[(store_dir / "runs" / r / "run.json").exists() for r in runs["run_id"]]]
-    rank = {("input_prompt", True): 0, ("deep_prompt", True): 1, ("finetune", False): 2,
-            ("input_prompt", False): 3, ("deep_prompt", False): 4}
-    runs["rank"] = [rank.get((m, bool(f)), 9) for m, f in zip(runs["method"], runs["freeze"])]
+    rank = {("input", True): 0, ("prefix", True): 1, ("finetune", False): 2, ("input", False): 3, ("prefix", False): 4}
+    runs["rank"] = [rank.get((T.method_kind(m), bool(f)), 9) for m, f in zip(runs["method"], runs["freeze"])]
     runs = runs.sort_values(["rank", "seed", "langs", "run_id"], ascending=[True, True, False, True])
     picked = runs.drop_duplicates(["task", "model", "method", "freeze"]).head(limit)
     return [(f"{T.model_label(r.model)} · {T.method_label(r.method)}"
-             + ("" if r.method == "finetune" else f" · {'MF' if r.freeze else 'no MF'}"),
+             + ("" if T.method_kind(r.method) == "finetune" else f" · {'MF' if r.freeze else 'no MF'}"),
              store_dir / "runs" / r.run_id) for r in picked.itertuples()]
 
 
@@ -276,7 +279,7 @@ def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool 
                           _jsonable({"figure": study.name, "title": study.title, "store": str(store_dir),
                                      "languages": languages or "all", **study.config}))
             figures.append((study.name, study.title, f"figures/{study.name}.png", f"tables/{study.name}.csv",
-                            study.caption))
+                            T.caption_of(study)))
         for name, table in {**extra, "summary": T.summary_table(frame), "languages": langs}.items():
             _csv(table, tmp / "tables" / f"{name}.csv")
         if alignment:

@@ -196,7 +196,7 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
         for long, short in zip(values[1:], values[:-1]):
             out.append(_row("length", keys, f"L={int(long)}", f"L={int(short)}", arms[long], arms[short], n_boot))
     # reparameterization vs none
-    inputs = prompts[prompts["method"] == "input_prompt"]
+    inputs = prompts[T.is_kind(prompts["method"], "input")]
     for keys, arms in _groups(inputs, ["reparam"], ["model", "freeze_model"]):
         for variant in sorted(set(arms) - {"none"}):
             if "none" in arms:
@@ -208,9 +208,10 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
                             n_boot))
     # deep vs input prompt (frozen)
     for keys, arms in _groups(prompts[prompts["freeze_model"]], ["method"], ["model", "shots"]):
-        if {"deep_prompt", "input_prompt"} <= set(arms):
-            out.append(_row("deep_vs_input", keys, "deep prompt", "input prompt", arms["deep_prompt"],
-                            arms["input_prompt"], n_boot))
+        kinds = {T.method_kind(m): m for m in arms}
+        if {"prefix", "input"} <= set(kinds):
+            out.append(_row("deep_vs_input", keys, T.method_label(kinds["prefix"]), T.method_label(kinds["input"]),
+                            arms[kinds["prefix"]], arms[kinds["input"]], n_boot))
     out += _method_rows(rows, n_boot)
     out += variant_rows(rows, n_boot)
     return pd.DataFrame(out)
@@ -219,8 +220,8 @@ def comparisons(frame: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
 def method_arms(rows: pd.DataFrame) -> dict:
     """{(model, shots): {"prompt" | "finetune" | "head": rows}}: per method the setting covering the most
     sample sizes (for prompts: frozen input prompts, e.g. L=10 without reparameterization)."""
-    pick = {"prompt": rows[(rows["method"] == "input_prompt") & rows["freeze_model"]],
-            "finetune": rows[rows["method"] == "finetune"], "head": rows[rows["method"] == "head"]}
+    pick = {"prompt": rows[T.is_kind(rows["method"], "input") & rows["freeze_model"]],
+            "finetune": rows[T.is_kind(rows["method"], "finetune")], "head": rows[T.is_kind(rows["method"], "head")]}
     out: dict = {}
     for name, sub in pick.items():
         if sub.empty:
@@ -259,7 +260,7 @@ def variant_rows(rows: pd.DataFrame, n_boot: int = N_BOOT) -> list[dict]:
     `why_settings()` at the same model and samples per class (fewer epochs, another LR for the prompt or the head,
     an MLP, a head started at the probe or decayed), each against that prompt ("variant_vs_prompt") and against the head-only
     probe ("variant_vs_head")."""
-    prompts = rows[(rows["method"] == "input_prompt") & rows["freeze_model"]]
+    prompts = rows[T.is_kind(rows["method"], "input") & rows["freeze_model"]]
     settings = [c for c in why_settings() if c in rows.columns]
     held = [a for a in T.axes() if a in rows.columns and a not in (*settings, "model", "method", "shots", "freeze_model")]
     out = []

@@ -35,6 +35,21 @@ def methods_that(enters=None, trains_backbone=False) -> tuple[str, ...]:
                  if cls.enters == enters and cls.trains_backbone == trains_backbone)
 
 
+# the kinds the studies compare, by what a method says of itself: (how it enters the model, trains the model)
+KINDS = {"input": ("input", False), "prefix": ("prefix", False), "finetune": (None, True), "head": (None, False)}
+
+
+def is_kind(methods: pd.Series, kind: str) -> pd.Series:
+    """Which rows' methods are of a kind: input or prefix (deep) prompt, fine-tuning (no prompt, trains
+    the model), head (neither)."""
+    return methods.isin(methods_that(*KINDS[kind]))
+
+
+def method_kind(method) -> str | None:
+    cls = METHOD_CONFIGS.get(method)
+    return next((k for k, v in KINDS.items() if cls is not None and (cls.enters, cls.trains_backbone) == v), None)
+
+
 
 REQUIRED = ("run_id", "task", "model", "method", "seed", "freeze_model", "language", "accuracy")
 
@@ -120,6 +135,44 @@ def series_label(row, cols) -> str:
         parts.append({"model": model_label, "method": method_label, "freeze_model": freeze_label,
                       "shots": lambda v: f"{shots_label(v)} shots"}.get(col, str)(value))
     return " · ".join(parts)
+
+
+def show_value(column: str, value) -> str:
+    """A setting's value as its declaration says it reads ("all" samples per class, not <NA>)."""
+    s = setting_columns().get(column)
+    if s is None:
+        return "–" if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
+    return s.show(None if value is pd.NA else value)
+
+
+def shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table for readers: each declared setting's column printed the way it is declared."""
+    out = frame.copy()
+    for col in out.columns:
+        if col in setting_columns() and col != "method":
+            out[col] = [show_value(col, v) for v in out[col]]
+        elif col == "method":
+            out[col] = [method_label(v) for v in out[col]]
+    return out
+
+
+def held_fixed_text(chosen: list[dict]) -> str:
+    """'shots 8 · epochs 30': the settings a study held at one value; a setting held at different values
+    in different series lists them all."""
+    values: dict[str, list[str]] = {}
+    for entry in chosen:
+        for key, value in (entry.get("fixed") or {}).items():
+            shown_value = show_value(key, value)
+            values.setdefault(key, [])
+            if shown_value not in values[key]:
+                values[key].append(shown_value)
+    return " · ".join(f"{k.replace('_', ' ')} {' / '.join(v)}" for k, v in values.items())
+
+
+def caption_of(study: "Study") -> str:
+    """The study's caption and the settings it held fixed (a figure must say what it does not show)."""
+    fixed = held_fixed_text(study.config.get("held_fixed") or [])
+    return study.caption + (f" Held fixed: {fixed}." if fixed else "")
 
 
 # ------------------------------------------------------------------------------------- slicing
@@ -260,7 +313,7 @@ def length_study(frame: pd.DataFrame) -> Study:
 def reparam_study(frame: pd.DataFrame) -> Study:
     """Philippy et al. Fig. 5: per-language relative change (%) of accuracy, reparam vs none."""
     name, title = "reparam_impact", "Per-language impact of prompt reparameterization"
-    rows = frame[frame["method"] == "input_prompt"]
+    rows = frame[is_kind(frame["method"], "input")]
     if "split" in rows and (rows["split"] == "test").any():
         rows = rows[rows["split"] == "test"]
     keep = ["model", "freeze_model"]
@@ -293,7 +346,7 @@ def methods_study(frame: pd.DataFrame) -> Study:
     name, title = "prompt_vs_finetune", "Prompt tuning vs fine-tuning per task and language"
     rows = transfer_rows(frame)
     prompt = rows[rows["method"].isin(prompt_methods()) & rows["freeze_model"]]
-    ft = rows[rows["method"] == "finetune"]
+    ft = rows[is_kind(rows["method"], "finetune")]
     pairs = set(map(tuple, prompt[["task", "model"]].drop_duplicates().values)) & \
         set(map(tuple, ft[["task", "model"]].drop_duplicates().values))
     if not pairs:

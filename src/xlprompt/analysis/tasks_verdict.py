@@ -67,9 +67,9 @@ def scored_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def arms_by_task(rows: pd.DataFrame) -> dict:
     """{(task, model, shots): {arm: rows}}, one setting per arm."""
     frozen = rows["freeze_model"].astype(bool)
-    pick = {"input": rows[(rows["method"] == "input_prompt") & frozen & (rows["reparam"].fillna("none") == "none")],
-            "finetune": rows[rows["method"] == "finetune"], "head": rows[rows["method"] == "head"]}
-    deep = rows[(rows["method"] == "deep_prompt") & frozen]
+    pick = {"input": rows[T.is_kind(rows["method"], "input") & frozen & (rows["reparam"].fillna("none") == "none")],
+            "finetune": rows[T.is_kind(rows["method"], "finetune")], "head": rows[T.is_kind(rows["method"], "head")]}
+    deep = rows[T.is_kind(rows["method"], "prefix") & frozen]
     for length, part in deep.groupby("prompt_length", sort=True):
         pick[f"deep:{int(length)}"] = part
     out: dict = {}

@@ -83,7 +83,7 @@ def reparam_heterogeneity(frame: pd.DataFrame) -> pd.DataFrame:
     from scipy import stats
 
     prompts = T.transfer_rows(frame)
-    prompts = prompts[prompts["method"] == "input_prompt"]
+    prompts = prompts[T.is_kind(prompts["method"], "input")]
     out = []
     for keys, arms in S._groups(prompts, ["reparam"], ["model", "freeze_model"]):
         if "none" not in arms:
@@ -218,6 +218,7 @@ def _per_task_comparisons(frame: pd.DataFrame, n_boot: int) -> pd.DataFrame:
 def _md_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_none_\n"
+    frame = T.shown(frame)
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in frame.itertuples(index=False):

@@ -141,6 +141,6 @@ def onnx_backbone(model, precision: str, root=None):
     """For the block, the model's backbone runs on ONNX Runtime; yields what preparing it did (export or
     cache hit, seconds) for the `speed` block. The graph the model's prompt needs is opened up front."""
     onnx = onnx_engine(model.backbone, precision, root)
-    info = onnx.prepare(deep=hasattr(model.method, "prefix_tensor"))
+    info = onnx.prepare(deep=model.method is not None and model.method.config.enters == "prefix")
     with engine_context(model.backbone, onnx):
         yield {**info, "recipe": INT8_RECIPE if precision == "int8" else None}

@@ -20,7 +20,6 @@ languages and split, so key order, aliases and explicitly written defaults never
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json

@@ -22,7 +22,6 @@ from pathlib import Path
 from .. import io
 from ..config import TrainConfig
 from ..errors import XlpromptError
-from ..prompts.config import InputPromptConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -91,7 +90,7 @@ def _model_facts(model: str):
 
 
 def _refuse_unexportable(run_dir: Path, config: TrainConfig) -> None:
-    if not config.method.enters is not None:
+    if config.method.peft_type is None:
         raise XlpromptError(
             f"{run_dir} was trained with --method {config.method.type} and has no prompt, so there is no PEFT "
             "prompt adapter to export. Use the run with xlprompt (xlprompt.load / xlprompt evaluate), or train "
@@ -105,7 +104,7 @@ def _refuse_unexportable(run_dir: Path, config: TrainConfig) -> None:
 
 def _prompt_tensor(method, state: dict, kind: str, hf_config):
     """(PEFT config fields, the `prompt_embeddings` tensor, what was exported, notes, predictions match)."""
-    if isinstance(method, InputPromptConfig):
+    if method.peft_type == "PROMPT_TUNING":
         if set(state) != {"embedding"}:
             raise XlpromptError(f"prompt.safetensors holds {sorted(state)}, not a final prompt; fold the "
                                 "reparameterization first: xlprompt.load(RUN).save(RUN).")

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import io
 from ..config import TrainConfig
 from ..errors import XlpromptError
-from ..prompts.config import DeepPromptConfig, InputPromptConfig
+from ..prompts.config import METHOD_CONFIGS, method_settings
 from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD, SIDECAR, _atomic_dir
 
 
@@ -80,8 +80,9 @@ def import_peft(adapter_dir: str | Path, out_run_dir: str | Path, task: str | No
     length = pe.shape[0]
     # PEFT's layout is position="start"; an adapter xlprompt exported keeps the layout it was trained in
     position = side.get("prompt_position") or "start"
-    method = (InputPromptConfig(prompt_length=length, position=position) if kind == "PROMPT_TUNING"
-              else DeepPromptConfig(prompt_length=length))
+    cls = next(c for c in METHOD_CONFIGS.values() if c.peft_type == kind)  # the method that maps to it
+    options = {"prompt_length": length, "position": position}
+    method = cls(**{k: v for k, v in options.items() if k in method_settings(cls.type)})
     label_words = label_words or side.get("label_words") or None
     config = TrainConfig(task=task_name, model=model_name, method=method,
                          pooling=pooling or side.get("pooling") or "mean", label_words=label_words,

@@ -7,7 +7,7 @@ from torch import nn
 from ..collate import Batch, Collator
 from ..device import autocast, configure, resolve_dtype
 from ..errors import XlpromptError
-from ..prompts import HeadOnlyConfig, build_prompt_method
+from ..prompts import build_prompt_method
 from .backbone import Backbone, layer_shape
 from .heads import PooledLinearHead, SpanHead, TokenLinearHead, VerbalizerHead, verbalizer_token_ids
 
@@ -90,7 +90,7 @@ def build_classifier(config, task, backbone: Backbone | None = None, *, device=N
         head = TokenLinearHead(backbone.hidden_size, task.num_labels)
     elif task.head == "span":
         head = SpanHead(backbone.hidden_size)
-    elif backbone.kind == "decoder" and (isinstance(config.method, HeadOnlyConfig) or not (
+    elif backbone.kind == "decoder" and (not config.method.uses_label_words or not (
             config.label_words or task.label_words)):
         # a linear probe on the decoder's hidden state at the label position: the head-only baseline,
         # and tasks without label words (pass --label-words to score words instead)

@@ -2,7 +2,9 @@
 
 `method_from_dict` / `dataclasses.asdict` round-trip a config through JSON (the `type` key names the class).
 A method describes itself on its config class: `cli_name` (what users type), `label` (what readers see),
-`enters` (how it enters the model: "input" slots, a per-layer "prefix", or None), `trains_backbone`, and
+`enters` (how it enters the model: "input" slots, a per-layer "prefix", or None), `trains_backbone`,
+`peft_type` (the PEFT adapter it maps to, or None), `uses_label_words` (decoders: verbalizer or a linear
+head), `fits_by_probe` (fitted in closed form by probe.py instead of epochs), and
 its options, declared with `settings.setting` (default, help, kind). The training loop, serving, the
 engines, interop, the grid, the store and the report read those facts and never test a method's name.
 A new method: its config (here or in its own module), its prompt module, and `prompts.register_method`.
@@ -50,6 +52,9 @@ class InputPromptConfig:
     label = "input prompt"
     enters = "input"  # trained vectors among the input embeddings
     trains_backbone = False
+    peft_type = "PROMPT_TUNING"  # interop: the PEFT adapter it exports to and imports from
+    uses_label_words = True  # on a decoder: scored through the task's label words (verbalizer)
+    fits_by_probe = False
 
     def __post_init__(self):
         if self.prompt_length < 1:
@@ -81,6 +86,9 @@ class DeepPromptConfig:
     label = "deep prompt"
     enters = "prefix"  # trained keys and values in every attention layer
     trains_backbone = False
+    peft_type = "PREFIX_TUNING"
+    uses_label_words = True
+    fits_by_probe = False
 
     def __post_init__(self):
         if self.prompt_length < 1:
@@ -98,6 +106,9 @@ class FinetuneConfig:
     label = "fine-tuning"
     enters = None
     trains_backbone = True
+    peft_type = None
+    uses_label_words = True
+    fits_by_probe = False
 
 
 PROBE_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -125,6 +136,8 @@ class HeadOnlyConfig:
     label = "head only"
     enters = None
     trains_backbone = False
+    peft_type = None
+    uses_label_words = False  # on a decoder: a linear head on the hidden state at the label position
 
     @property
     def fits_by_probe(self) -> bool:
@@ -157,7 +170,7 @@ def register_config(cls) -> type:
     return cls
 
 
-for _cls in (InputPromptConfig, DeepPromptConfig, FinetuneConfig, HeadOnlyConfig):
+for _cls in (InputPromptConfig, DeepPromptConfig, FinetuneConfig, HeadOnlyConfig):  # the builders: prompts/__init__
     register_config(_cls)
 
 

@@ -22,7 +22,6 @@ from ..engine import checked
 from ..engine.int8_token import linear_swaps, swapped
 from ..errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
-from ..prompts import InputPrompt
 from .served import (DuplicateName, Prediction, ServedRun, check_max_padding, check_name,
                      check_serving_precision, read_servable_config, serving_plan, to_prediction)
 
@@ -273,7 +272,7 @@ class PromptBank:
         if bool(slots.any()):
             # boolean assignment fills slots in row-major order, so stacking each row's prompt in row order
             # puts every row's own prompt into its own slots
-            prompts = [e.model.method.prompt_embeddings() for e in entries if isinstance(e.model.method, InputPrompt)]
+            prompts = [e.model.method.prompt_embeddings() for e in entries if e.enters == "input"]
             embeds = embeds.clone()
             embeds[slots] = torch.cat(prompts).to(embeds.dtype)
 

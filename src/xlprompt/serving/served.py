@@ -14,7 +14,6 @@ from ..collate import Collator, encode_texts
 from ..config import TrainConfig
 from ..errors import XlpromptError
 from ..models.backbone import Backbone
-from ..prompts import DeepPrompt, InputPrompt
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -56,12 +55,16 @@ class ServedRun:
 
     @property
     def prefix_length(self) -> int:
-        return self.model.method.config.prompt_length if isinstance(self.model.method, DeepPrompt) else 0
+        return self.model.method.config.prompt_length if self.enters == "prefix" else 0
 
     @property
     def prompt_length(self) -> int:
-        method = self.model.method
-        return method.config.prompt_length if isinstance(method, (InputPrompt, DeepPrompt)) else 0
+        return self.run.config.method.prompt_length if self.enters is not None else 0
+
+    @property
+    def enters(self) -> str | None:
+        """How the run's method enters the model (the method says: "input", "prefix" or None)."""
+        return self.run.config.method.enters
 
     def info(self) -> dict:
         config = self.run.config
