@@ -34,9 +34,9 @@ def child(spec: dict) -> dict:
     leaves every finished chunk behind."""
     import torch
 
-    from xlprompt.run import Run
+    from xlprompt.runs.run import Run
     from xlprompt.tasks import get_task
-    from xlprompt.token_cache import TokenCache
+    from xlprompt.data.token_cache import TokenCache
 
     torch.set_num_threads(spec["threads"])
     run = Run.load(spec["run"])
@@ -97,10 +97,10 @@ def open_engines(model, names: list[str]) -> tuple[dict, dict]:
 def run_chunk(model, task, cache, max_length: int, langs: list[str], engines: dict) -> dict:
     import torch
 
-    from xlprompt.collate import Encoded, length_sorted_batches
+    from xlprompt.data.collate import Encoded, length_sorted_batches
     from xlprompt.engine import engine_context
     from xlprompt.engine.int8_token import swapped
-    from xlprompt.evaluation import DEFAULT_MAX_TOKENS, trim_output
+    from xlprompt.evaluation.evaluate import DEFAULT_MAX_TOKENS, trim_output
 
     frames = {c: task.load("test", c, None) for c in langs}
     encoded = {c: cache.encode(task, model.backbone.tokenizer, frames[c], max_length) for c in langs}

@@ -71,7 +71,7 @@ def matmul_gflops(shapes: list[tuple[int, int]], rows: int = 4096, seconds: floa
 
 
 def sample_lengths(task, tokenizer, langs, max_length, cache_root) -> list[int]:
-    from xlprompt.token_cache import TokenCache
+    from xlprompt.data.token_cache import TokenCache
 
     cache = TokenCache(cache_root)
     return [len(ids) for c in langs for ids in cache.encode(task, tokenizer, task.load("test", c, None),
@@ -81,8 +81,8 @@ def sample_lengths(task, tokenizer, langs, max_length, cache_root) -> list[int]:
 def child(spec: dict) -> dict:
     import torch
 
-    from xlprompt.evaluation import DEFAULT_MAX_TOKENS, evaluate
-    from xlprompt.run import Run
+    from xlprompt.evaluation.evaluate import DEFAULT_MAX_TOKENS, evaluate
+    from xlprompt.runs.run import Run
     from xlprompt.tasks import get_task
 
     t0 = time.perf_counter()
@@ -128,10 +128,10 @@ def budget_sweep(run, task, spec) -> dict:
     (1 - padding share)."""
     import torch
 
-    from xlprompt.collate import Encoded, length_sorted_batches
-    from xlprompt.evaluation import predict_outputs
-    from xlprompt.inference import thread_candidates
-    from xlprompt.token_cache import TokenCache
+    from xlprompt.data.collate import Encoded, length_sorted_batches
+    from xlprompt.evaluation.evaluate import predict_outputs
+    from xlprompt.execution.inference import thread_candidates
+    from xlprompt.data.token_cache import TokenCache
 
     cache = TokenCache(spec["cache"])
     enc = Encoded.concat([cache.encode(task, run.model.backbone.tokenizer, task.load("test", c, None),
@@ -181,11 +181,11 @@ def warm_cache(run_dir: str, cache: str, langs: list[str]) -> dict:
     return token counts as the model sees them (text + prompt slots) for extrapolating to 205 languages."""
     from transformers import AutoTokenizer
 
-    from xlprompt import io
-    from xlprompt.config import TrainConfig
+    from xlprompt.core import io
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.models.backbone import resolve_model_source
     from xlprompt.tasks import get_task
-    from xlprompt.token_cache import TokenCache
+    from xlprompt.data.token_cache import TokenCache
 
     config = TrainConfig.from_dict(io.read_json(os.path.join(run_dir, "config.json")))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(config.model)[0], local_files_only=True)
@@ -273,7 +273,7 @@ def main(argv=None) -> None:
         print("\n".join(compare_results(args.compare)))
         return
 
-    from xlprompt.io import write_json
+    from xlprompt.core.io import write_json
     from xlprompt.tasks import get_task
 
     started = time.perf_counter()

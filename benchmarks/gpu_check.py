@@ -133,10 +133,10 @@ def mb(value) -> str:
 
 # ---------------------------------------------------------------------------------- 1+2: evaluation
 def e5_run(model_dir: Path, device, dtype):
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.models.classifier import build_classifier
     from xlprompt.prompts import InputPromptConfig
-    from xlprompt.run import Run
+    from xlprompt.runs.run import Run
     from xlprompt.tasks import get_task
 
     config = TrainConfig(model=str(model_dir), method=InputPromptConfig(prompt_length=PROMPT_LENGTH))
@@ -165,7 +165,7 @@ def check_quickstart(model_dir: Path, device, smoke: bool, rows: list) -> None:
     """`xlprompt quickstart`'s work (quickstart.py: fit L=10 on all 701 English sentences for 3 epochs of
     batch 8, then evaluate every language) on the e5-small shape, timed end to end, cold token cache."""
     from xlprompt import evaluate, fit
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.prompts import InputPromptConfig
 
     free(device)
@@ -186,8 +186,8 @@ def check_quickstart(model_dir: Path, device, smoke: bool, rows: list) -> None:
 
 
 def logits(run, frames, task) -> np.ndarray:
-    from xlprompt.collate import Encoded
-    from xlprompt.evaluation import predict_encoded
+    from xlprompt.data.collate import Encoded
+    from xlprompt.evaluation.evaluate import predict_encoded
 
     tok = run.model.backbone.tokenizer
     encoded = Encoded.concat([task.encode(tok, f, run.config.max_length) for f in frames])
@@ -245,14 +245,14 @@ def timed(step, batches, device) -> tuple[float, float | None]:
 
 
 def xlprompt_step(backbone, encoded, device):
-    """`xlprompt.train.fit`'s step: collate, to_device, forward, head_loss, backward, AdamW."""
-    from xlprompt.config import TrainConfig
-    from xlprompt.device import to_device
+    """`xlprompt.training.fit.fit`'s step: collate, to_device, forward, head_loss, backward, AdamW."""
+    from xlprompt.runs.config import TrainConfig
+    from xlprompt.execution.device import to_device
     from xlprompt.models.classifier import build_classifier
     from xlprompt.models.heads import head_loss
     from xlprompt.prompts import InputPromptConfig
     from xlprompt.tasks import get_task
-    from xlprompt.train import param_groups
+    from xlprompt.training.fit import param_groups
 
     config = TrainConfig(method=InputPromptConfig(prompt_length=PROMPT_LENGTH), lr=LR)
     model = build_classifier(config, get_task("sib200"), backbone=backbone)
@@ -325,7 +325,7 @@ def check_training(name: str, tokenizer, device, smoke: bool, batch: int, steps:
 # ------------------------------------------------------------------------------------ 4: the largest
 def check_largest(tokenizer, device, smoke: bool, batch: int, rows: list) -> None:
     from xlprompt import fit
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.models.backbone import Backbone
     from xlprompt.models.classifier import build_classifier
     from xlprompt.prompts import InputPromptConfig
@@ -365,8 +365,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from xlprompt.device import configure, resolve_device
-    from xlprompt.io import write_json
+    from xlprompt.execution.device import configure, resolve_device
+    from xlprompt.core.io import write_json
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -37,7 +37,7 @@ def first_layer_shapes(model: torch.nn.Module, step, rows) -> list[tuple]:
 @contextlib.contextmanager
 def unpinned_copies():
     """xlprompt's step with plain blocking host-to-device copies (no pin_memory), to price the pinning."""
-    import xlprompt.device as d
+    import xlprompt.execution.device as d
 
     pinned = d.to_device
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from train_speed import peft_step_fn
-    from xlprompt.device import configure, resolve_device
+    from xlprompt.execution.device import configure, resolve_device
     from xlprompt.models.backbone import Backbone
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

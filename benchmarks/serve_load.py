@@ -51,7 +51,7 @@ def make_runs(root: Path, count: int, model: str, shots: int) -> dict[str, Path]
     from xlprompt import TrainConfig, fit
     from xlprompt.models.classifier import build_classifier
     from xlprompt.prompts.config import DeepPromptConfig, InputPromptConfig
-    from xlprompt.run import Run
+    from xlprompt.runs.run import Run
     from xlprompt.tasks import get_task
 
     names = {f"p{i:02d}": root / f"p{i:02d}" for i in range(count)}
@@ -267,7 +267,7 @@ def main() -> None:
                       f"cycling {KINDS}",
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
               "seconds": time.perf_counter() - started, "results": results}
-    from xlprompt.io import write_json
+    from xlprompt.core.io import write_json
 
     write_json(args.out, report)
     print(f"wrote {args.out} · {report['seconds']:.0f}s · load average {os.getloadavg()[0]:.1f} · "
@@ -290,7 +290,7 @@ def long_main(runs, counts, texts, args, log_path, root, started) -> None:
           f"{args.sample_every}: {result['rss_after_first_slice_mb']:.0f} MB, at the end "
           f"{result['rss_at_end_mb']:.0f} MB (growth {result['rss_growth_mb']:+.1f} MB), peak "
           f"{result['peak_rss_mb']:.0f} MB · server exit code after SIGTERM {code}")
-    from xlprompt.io import write_json
+    from xlprompt.core.io import write_json
 
     write_json(args.out, {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                           "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
@@ -311,7 +311,7 @@ def abuse_main(runs, texts, args, log_path, root, started) -> None:
         finally:
             process.terminate()
             process.wait(60)
-    from xlprompt.io import write_json
+    from xlprompt.core.io import write_json
 
     write_json(args.out, {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                           "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),

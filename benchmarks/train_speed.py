@@ -55,7 +55,7 @@ def batches(tokenizer, n_batches: int):
     """The same rows for every system: a seeded permutation of English SIB-200 train, cut into batches."""
     import numpy as np
 
-    from xlprompt.collate import encode_texts
+    from xlprompt.data.collate import encode_texts
     from xlprompt.data.sib200 import load_sib200
 
     df = load_sib200("train", "eng_Latn")
@@ -66,15 +66,15 @@ def batches(tokenizer, n_batches: int):
 
 
 def xlprompt_step_fn(system, backbone, encoded, device):
-    """The step `xlprompt.train.fit` runs: collate, forward, cross_entropy, zero_grad, backward, AdamW."""
+    """The step `xlprompt.training.fit.fit` runs: collate, forward, cross_entropy, zero_grad, backward, AdamW."""
     import torch
     import torch.nn.functional as F
 
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.models.classifier import build_classifier
     from xlprompt.prompts import FinetuneConfig, InputPromptConfig
     from xlprompt.tasks import get_task
-    from xlprompt.train import param_groups
+    from xlprompt.training.fit import param_groups
 
     method = FinetuneConfig() if system == "finetune" else InputPromptConfig(prompt_length=PROMPT_LENGTH)
     config = TrainConfig(method=method, batch_size=BATCH_SIZE, lr=LR, seed=0,
@@ -240,7 +240,7 @@ def main(argv=None) -> None:
         print_result(child(json.loads(args.child)))
         return
 
-    from xlprompt.io import write_json
+    from xlprompt.core.io import write_json
 
     q = args.quick
     steps = args.steps or (3 if q else 20)

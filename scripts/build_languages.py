@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from xlprompt.io import write_json  # noqa: E402
+from xlprompt.core.io import write_json  # noqa: E402
 
 OUT = REPO / "src" / "xlprompt" / "data" / "resources" / "languages.json"
 CODE_RE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")

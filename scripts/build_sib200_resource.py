@@ -32,8 +32,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from xlprompt.data.sib200 import LABELS, SPLITS, find_sib200_dir, read_sib200_tsv, _language_dirs  # noqa: E402
-from xlprompt.errors import XlpromptError  # noqa: E402
-from xlprompt.io import atomic_path, write_text  # noqa: E402
+from xlprompt.core.errors import XlpromptError  # noqa: E402
+from xlprompt.core.io import atomic_path, write_text  # noqa: E402
 
 OUT_DIR = REPO / "src" / "xlprompt" / "data" / "resources"
 ZSTD_LEVEL = 19  # 22 gives the same size here and is slower; 9 is 13.1 MB

@@ -58,7 +58,7 @@ def main() -> None:
     text = table(named)
     print(text)
     if args.out:
-        from xlprompt.io import write_text
+        from xlprompt.core.io import write_text
 
         write_text(args.out, text + "\n")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from safetensors import safe_open
 
-from xlprompt import io
+from xlprompt.core import io
 from xlprompt.analysis import tables as T
 from xlprompt.experiments.store import load_store, runs_dir
 

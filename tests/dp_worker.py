@@ -11,9 +11,9 @@ torch.set_num_threads(1)
 
 from conftest import _register_toy  # noqa: E402
 
-from xlprompt import io  # noqa: E402
-from xlprompt.distributed import main_process  # noqa: E402
-from xlprompt.train import fit  # noqa: E402
+from xlprompt.core import io  # noqa: E402
+from xlprompt.execution.distributed import main_process  # noqa: E402
+from xlprompt.training.fit import fit  # noqa: E402
 
 
 def config(model_dir: str):

@@ -122,7 +122,7 @@ def test_uncached_hub_model_fails_fast_without_offline_flag(monkeypatch):
     the endpoint is a local port nobody listens on (the real probe, nothing mocked), then one that listens."""
     import socket
 
-    from xlprompt.errors import XlpromptError
+    from xlprompt.core.errors import XlpromptError
     from xlprompt.models import backbone
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -155,7 +155,7 @@ def test_api_verbs_survive_submodule_imports():
 
     import xlprompt
 
-    for name in ("xlprompt.evaluation", "xlprompt.train", "xlprompt.run"):
+    for name in ("xlprompt.evaluation.evaluate", "xlprompt.training.fit", "xlprompt.runs.run"):
         importlib.import_module(name)
     assert callable(xlprompt.evaluate) and callable(xlprompt.fit) and callable(xlprompt.load)
     assert not hasattr(xlprompt.evaluate, "__path__") and xlprompt.evaluate.__module__ == "xlprompt"

@@ -20,7 +20,7 @@ from xlprompt.data import languages as langmod
 from xlprompt.data.languages import LanguageInfo, all_languages, language_info, resolve_languages
 from xlprompt.data.sampling import dev_size, few_shot_splits, k_shot
 from xlprompt.data.sib200 import LABELS, SPLITS, _packaged, load_sib200, sib200_languages
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 
 ROWS = {"train": 701, "dev": 99, "test": 204}
 HEADER = "index_id\tcategory\ttext\n"

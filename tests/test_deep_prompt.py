@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.evaluation import predict_encoded
-from xlprompt.io import load_tensors
+from xlprompt.data.collate import encode_texts
+from xlprompt.evaluation.evaluate import predict_encoded
+from xlprompt.core.io import load_tensors
 from xlprompt.prompts import DeepPrompt, DeepPromptConfig
-from xlprompt.train import param_groups
+from xlprompt.training.fit import param_groups
 
 from conftest import DECODERS, FAMILIES, SPECIALS, WORDS, tiny_tokenizer
 
@@ -196,7 +196,7 @@ def test_projection_folds_away_without_changing_logits(model_dir, toy_task):
 
 
 def test_seeded_init_is_deterministic_and_bad_runs_fail_clearly(model_dir, toy_task, tmp_path):
-    from xlprompt.errors import XlpromptError
+    from xlprompt.core.errors import XlpromptError
 
     from xlprompt.models.backbone import Backbone
     from xlprompt.prompts import build_prompt_method

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from xlprompt import TrainConfig, fit, load
 from xlprompt.cli import app
-from xlprompt.device import resolve_device, resolve_dtype, to_device
-from xlprompt.errors import XlpromptError
+from xlprompt.execution.device import resolve_device, resolve_dtype, to_device
+from xlprompt.core.errors import XlpromptError
 from xlprompt.prompts.config import DeepPromptConfig, InputPromptConfig
 
 from conftest import tiny_model, tiny_tokenizer
@@ -106,7 +106,7 @@ def test_run_saved_and_loaded_across_dtypes(tiny_model_dir, toy_task, tmp_path):
 
     config = make_config(tiny_model_dir("xlm-roberta"), epochs=3)
     fit(config, progress=False, device="cpu", dtype="bf16").save(tmp_path / "run")
-    from xlprompt import io
+    from xlprompt.core import io
 
     assert all(t.dtype == torch.float32 for t in io.load_tensors(tmp_path / "run" / "prompt.safetensors").values())
     texts = toy_task.load("test", "deu_Latn")["text"].tolist()
@@ -141,7 +141,7 @@ def test_gradient_checkpointing_gives_the_same_prompt(tiny_model_dir, toy_task):
 
 
 def test_cpu_batches_are_not_copied():
-    from xlprompt.collate import Batch
+    from xlprompt.data.collate import Batch
 
     t = torch.zeros(2, 3, dtype=torch.long)
     batch = Batch(t, t, t.bool(), t[:, 0], t, t.bool(), t[:, 0], t[:, 0])
@@ -169,7 +169,7 @@ def test_cpu_training_numbers_are_pinned(family, tiny_model_dir, toy_task):
 # ------------------------------------------------------------------------------ data parallel
 def test_data_parallel_two_gloo_processes_equal_one(tmp_path, toy_task):
     pytest.importorskip("torch.distributed")
-    from xlprompt import io
+    from xlprompt.core import io
 
     model, kind = tiny_model("xlm-roberta")
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0  # no per-process RNG
@@ -195,7 +195,7 @@ def test_data_parallel_two_gloo_processes_equal_one(tmp_path, toy_task):
 
 
 def test_shards_cover_the_global_batch():
-    from xlprompt.distributed import Replicas
+    from xlprompt.execution.distributed import Replicas
 
     rows = list(range(7))
     shards = [Replicas(3, r).shard(rows) for r in range(3)]
@@ -206,7 +206,7 @@ def test_shards_cover_the_global_batch():
 
 # ---------------------------------------------------------------------------- sweep placement
 def test_sweep_places_one_worker_per_gpu_with_a_faked_gpu_count(monkeypatch):
-    from xlprompt import device
+    from xlprompt.execution import device
     from xlprompt.experiments import runner
 
     assert runner.gpu_slots(2, 2) == ["0", "1"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from xlprompt import load
-from xlprompt.collate import encode_texts
+from xlprompt.data.collate import encode_texts
 from xlprompt.engine import engine_context, onnx_backbone, resolve_engine
 from xlprompt.engine import export as engine_export
 from xlprompt.engine.guard import accuracy_guard
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import evaluate, predict_encoded
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import evaluate, predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.serving import PromptBank
 

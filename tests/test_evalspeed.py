@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import Encoded
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import evaluate, predict_outputs
+from xlprompt.data.collate import Encoded
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import evaluate, predict_outputs
 from xlprompt.prompts.config import InputPromptConfig
-from xlprompt import token_cache as tc
+from xlprompt.data import token_cache as tc
 
 from conftest import tiny_tokenizer
 
@@ -164,7 +164,7 @@ def test_evaluate_reports_where_time_went_and_cache_hits(tiny_model_dir, toy_tas
 
 # --------------------------------------------------------------------------------------------- threads
 def test_thread_tuner_keeps_the_faster_count_and_backs_off(monkeypatch):
-    from xlprompt import inference
+    from xlprompt.execution import inference
 
     clock = [0.0]
     monkeypatch.setattr(inference.time, "perf_counter", lambda: clock[0])
@@ -187,7 +187,7 @@ def test_thread_tuner_keeps_the_faster_count_and_backs_off(monkeypatch):
 
 
 def test_thread_setting_is_restored():
-    from xlprompt.inference import thread_setting
+    from xlprompt.execution.inference import thread_setting
 
     before = torch.get_num_threads()
     with thread_setting(1):
@@ -252,8 +252,8 @@ def test_int8_against_fp32_on_the_offline_default(monkeypatch):
     calls in fp32 survive it, and `auto` does not pick plain int8 on a CPU (over 205 languages one language
     lost more than 2 points; benchmarks/README.md). The accuracy change on these 612 sentences is computed
     from the very same predictions, so it is checked exactly, not within a band."""
-    from xlprompt.collate import encode_texts
-    from xlprompt.evaluation import predict_encoded
+    from xlprompt.data.collate import encode_texts
+    from xlprompt.evaluation.evaluate import predict_encoded
     from machines import real_speedup, use_machine
     from xlprompt.execution import resolve
     from xlprompt.engine.torch_engine import precision_context

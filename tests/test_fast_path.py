@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from xlprompt import TrainConfig
-from xlprompt.collate import encode_texts
+from xlprompt.data.collate import encode_texts
 from xlprompt.prompts.config import InputPromptConfig
 
 

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt import token_cache as tc
+from xlprompt.data import token_cache as tc
 from xlprompt.cli import app
-from xlprompt.errors import WriteFailed, XlpromptError
-from xlprompt.evaluation import write_results
+from xlprompt.core.errors import WriteFailed, XlpromptError
+from xlprompt.evaluation.evaluate import write_results
 from xlprompt.experiments.store import RESULTS_FILE, rebuild_store
 from xlprompt.prompts.config import InputPromptConfig
 
@@ -106,8 +106,8 @@ def two_runs(tiny_model_dir, toy_task):
 
 
 def logits(run) -> np.ndarray:
-    from xlprompt.collate import encode_texts
-    from xlprompt.evaluation import predict_encoded
+    from xlprompt.data.collate import encode_texts
+    from xlprompt.evaluation.evaluate import predict_encoded
 
     texts = ["alpha w1 w2", "beta w3", "w5 alpha"]
     return predict_encoded(run.model, encode_texts(run.model.backbone.tokenizer, texts, [0] * 3, 128))
@@ -353,7 +353,7 @@ def test_sigkill_during_the_store_rebuild_loses_nothing(store):
 def test_written_files_are_readable_by_others_and_locks_are_never_seen_empty(tmp_path, monkeypatch):
     import stat
 
-    from xlprompt import io
+    from xlprompt.core import io
     from xlprompt.experiments.lock import RunLock
 
     old = os.umask(0o022)

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from xlprompt.data.custom import CustomSpec, custom_label_names, load_custom
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.experiments.grid import expand_grid
-from xlprompt.run import Run
+from xlprompt.runs.run import Run
 from xlprompt.serving.served import read_servable_config
 
 EXAMPLES = int(os.environ.get("XLPROMPT_FUZZ_EXAMPLES", "40"))

@@ -60,7 +60,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "xlprompt.state" in graph["xlprompt.run"] and "xlprompt.run" in graph["xlprompt.train"]
+    assert "xlprompt.runs.state" in graph["xlprompt.runs.run"] and "xlprompt.runs.run" in graph["xlprompt.training.fit"]
     assert cycles(graph) == []
 
 

@@ -9,7 +9,7 @@ import torch
 from xlprompt import TrainConfig, fit
 from xlprompt.engine import checked, int8_token
 from xlprompt.engine.int8_token import int8_matmul_available
-from xlprompt.evaluation import evaluate, predict_outputs
+from xlprompt.evaluation.evaluate import evaluate, predict_outputs
 from xlprompt.engine.torch_engine import precision_context
 from xlprompt.prompts.config import InputPromptConfig
 
@@ -44,7 +44,7 @@ def test_close_calls_get_exactly_the_fp32_outputs(trained, monkeypatch):
         "sentences"]
 
     # the same passes by hand: int8 everywhere, fp32 on the rows under the threshold
-    from xlprompt.collate import Encoded
+    from xlprompt.data.collate import Encoded
     from xlprompt.tasks import get_task
 
     task, model = get_task("toy"), trained.model
@@ -69,7 +69,7 @@ def test_small_inputs_and_other_engines_fall_back_to_fp32(trained):
 
 
 def test_calibration_is_kept_on_disk_and_keyed_by_the_prompt(trained, monkeypatch, tmp_path):
-    from xlprompt.evaluation import predict_outputs
+    from xlprompt.evaluation.evaluate import predict_outputs
     from xlprompt.tasks import get_task
 
     monkeypatch.setenv("XLPROMPT_CALIBRATION_CACHE", str(tmp_path))

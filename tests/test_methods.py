@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.prompts.config import FinetuneConfig, HeadOnlyConfig, InputPromptConfig
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from xlprompt import TrainConfig, load
-from xlprompt.collate import encode_texts
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.prompts.config import FinetuneConfig, InputPromptConfig
 from xlprompt.serving import PromptBank

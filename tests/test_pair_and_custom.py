@@ -13,9 +13,9 @@ from xlprompt import TrainConfig, XlpromptError, fit
 from xlprompt.cli import app
 from xlprompt.data.custom import CustomSpec, custom_label_names, custom_languages, load_custom
 from xlprompt.data.pairs import PAWSX, XNLI, hash_bucket, load_pairs, pair_languages
-from xlprompt.evaluation import evaluate
+from xlprompt.evaluation.evaluate import evaluate
 from xlprompt.prompts.config import DeepPromptConfig
-from xlprompt.run import Run
+from xlprompt.runs.run import Run
 from xlprompt.tasks import get_task
 
 runner = CliRunner()
@@ -120,7 +120,7 @@ def test_xnli_end_to_end(tiny_model_dir, small_pairs, tmp_path):
     assert all(set(m) == {"accuracy", "macro_f1", "n"} and m["n"] == 30 for m in results["languages"].values())
     assert results["mean"]["languages"] == 3 and "English XNLI dev" in results["notes"]
     # alignment on parallel pairs (XNLI test rows translate each other): both texts of a pair are pooled
-    from xlprompt.representations import measure_run
+    from xlprompt.evaluation.representations import measure_run
 
     found = measure_run(Run.load(tmp_path / "run"), None, 10)
     assert found["pivot"] == "en" and found["languages"] == ["de", "sw"] and found["split"] == "test"

@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 from xlprompt import InputPromptConfig, TrainConfig, XlpromptError, fit, load
 from xlprompt.cli import app
-from xlprompt.collate import encode_texts
+from xlprompt.data.collate import encode_texts
 from xlprompt.interop import export_peft, import_peft
-from xlprompt.io import load_tensors, write_json
+from xlprompt.core.io import load_tensors, write_json
 from xlprompt.prompts import DeepPromptConfig, FinetuneConfig, HeadOnlyConfig
-from xlprompt.run import Run
+from xlprompt.runs.run import Run
 
 from conftest import toy_frame
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from machines import REAL_MACHINE_SPEEDS, fake_gpu, profile, use_machine
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.execution import LayerShape, cpu_kind, machine, resolve
 from xlprompt.execution.plan import MARGIN
 
@@ -179,7 +179,7 @@ def test_layer_shapes_from_configs():
 
 # ------------------------------------------------------------------------ the plan in fit / evaluate
 def toy_config(model_dir, **kw):
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.prompts.config import InputPromptConfig
 
     base = dict(task="toy", model=str(model_dir), method=InputPromptConfig(prompt_length=3), epochs=2, batch_size=8,
@@ -195,8 +195,8 @@ BF16_TOLERANCE = 0.03
 def test_bf16_weights_match_fp32_within_rounding_and_the_plan_is_recorded(tiny_model_dir, toy_task, tmp_path,
                                                                        monkeypatch):
     from xlprompt import load
-    from xlprompt.evaluation import evaluate, predict_encoded
-    from xlprompt.train import fit
+    from xlprompt.evaluation.evaluate import evaluate, predict_encoded
+    from xlprompt.training.fit import fit
 
     run = fit(toy_config(tiny_model_dir("xlm-roberta")), progress=False)
     assert run.model.backbone.dtype == torch.float32  # the faked AVX2 CPU: fp32 throughout
@@ -221,7 +221,7 @@ def test_training_follows_the_plan_and_a_recipe_trains_by_default_only_once_its_
     import dataclasses
 
     from xlprompt.execution import plan as plan_module
-    from xlprompt.train import fit
+    from xlprompt.training.fit import fit
 
     use_machine(monkeypatch, "amx")
     run = fit(toy_config(tiny_model_dir("bert")), progress=False)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.experiments.grid import expand_grid, run_id
-from xlprompt.features import FeatureCache, pooled_features
-from xlprompt.probe import fit_logistic, select_c
+from xlprompt.evaluation.features import FeatureCache, pooled_features
+from xlprompt.training.probe import fit_logistic, select_c
 from xlprompt.prompts.config import HeadOnlyConfig, InputPromptConfig
 
 
@@ -212,7 +212,7 @@ def test_cli_trains_a_probe_and_an_adamw_head(tiny_model_dir, toy_task, tmp_path
 def test_head_runs_saved_before_the_probe_load_as_adamw():
     """A config.json/spec.json written before `solver` existed describes an AdamW head: it must not be
     reported (or rerun) as the probe, and its run id must stay what it was."""
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.experiments.grid import RunSpec
 
     old = TrainConfig(method=HeadOnlyConfig(solver="adamw")).to_dict()

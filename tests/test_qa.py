@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.tasks.qa import (ExtractiveQA, best_span, exact_match, f1_score, normalize_answer, qa_metrics,
                                span_text)
 
@@ -173,7 +173,7 @@ def test_exact_match_and_f1_by_hand():
     ("xlm-roberta", {"type": "deep_prompt", "prompt_length": 3}),
 ])
 def test_spans_do_not_shift_under_prompts(tiny_model_dir, family, method):
-    from xlprompt.config import TrainConfig
+    from xlprompt.runs.config import TrainConfig
     from xlprompt.models.classifier import build_classifier
     from xlprompt.models.heads import gather_tokens
     from xlprompt.tasks import Task
@@ -274,7 +274,7 @@ def tiny_e5_dir(tmp_path_factory, e5_tokenizer):
 def test_tasks_end_to_end(tiny_e5_dir, qa_data, tmp_path, task, method, langs, split, sizes):
     import xlprompt
     from xlprompt.data import squad
-    from xlprompt.evaluation import evaluate  # not xlprompt.evaluate: importing the submodule shadows that function
+    from xlprompt.evaluation.evaluate import evaluate  # not xlprompt.evaluate: importing the submodule shadows that function
 
     if qa_data != SHARED_DATA:  # synthetic files: their own sizes, counted by the readers
         load = squad.load_xquad if task == "xquad" else squad.load_mlqa

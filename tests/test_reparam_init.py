@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import predict_encoded
-from xlprompt.io import load_tensors, save_tensors, write_json
+from xlprompt.data.collate import encode_texts
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import predict_encoded
+from xlprompt.core.io import load_tensors, save_tensors, write_json
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt.prompts.input_prompt import InputPrompt, build_input_prompt
 from xlprompt.prompts.reparam import MLPReparam, ResidualReparam, build_reparam
-from xlprompt.run import Run
+from xlprompt.runs.run import Run
 
 
 @pytest.fixture(scope="module")

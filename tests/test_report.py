@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from xlprompt.analysis import languages as L
 from xlprompt.analysis import tables as T
-from xlprompt.representations import PRETRAINED
+from xlprompt.evaluation.representations import PRETRAINED
 from xlprompt.analysis.report import write_report
 from xlprompt.cli import app
 
@@ -203,7 +203,7 @@ def test_hidden_states_reuse_the_forward_path(report):
     import torch
 
     import xlprompt
-    from xlprompt.collate import encode_texts
+    from xlprompt.data.collate import encode_texts
 
     out, _, _ = report
     for run_dir in sorted((out.parent / "store" / "runs").iterdir()):
@@ -367,7 +367,7 @@ def test_pretraining_lists_have_the_documented_sizes():
 
 def test_analysis_never_imports_the_training_loop():
     code = ("import sys, xlprompt.analysis.report, xlprompt.analysis.alignment, xlprompt.analysis.figures; "
-            "print('xlprompt.train' in sys.modules)")
+            "print('xlprompt.training.fit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -411,6 +411,6 @@ def test_alignment_with_seeds_is_measured_kept_in_the_run_folders_and_reused(rep
                                                                  "input prompt (MF) vs fine-tuning"]
     assert all(r["languages"] == 1 and r["verdict"] == "undecided" and "retrieval" in r["number"] for r in rows)
     # a second pass reads the run folders' numbers instead of running the model
-    monkeypatch.setattr("xlprompt.representations.run_alignment", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("xlprompt.evaluation.representations.run_alignment", lambda *a, **k: pytest.fail("measured again"))
     again, notes = alignment_seeds.measure(T.load_results(store), store, sentences=12)
     assert len(again) == len(measured) and all("cached" in n for n in notes if "alignment of" in n and "not" not in n)

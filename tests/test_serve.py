@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from xlprompt import load
-from xlprompt.collate import encode_texts
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.models.backbone import Backbone
 from xlprompt.serving import PromptBank
 from xlprompt.serving.app import ServeSettings, make_server
@@ -325,7 +325,7 @@ def test_batcher_modes(mode, tiny_model_dir, folders, expected):
 
 
 def test_settings_are_checked():
-    from xlprompt.errors import XlpromptError
+    from xlprompt.core.errors import XlpromptError
 
     with pytest.raises(XlpromptError, match="--max-texts 300 exceeds --max-queue 100"):
         ServeSettings(max_texts=300, max_queue=100)

@@ -10,7 +10,7 @@ import pytest
 from machines import use_machine
 from serving_runs import TEXTS, register_toy3, train_run, train_runs
 from xlprompt.engine.int8_token import int8_matmul_available
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.models.backbone import Backbone
 from xlprompt.prompts.config import InputPromptConfig
 from xlprompt.serving import PromptBank

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.serving.access import (Scrubber, bearer_matches, check_bind, check_token, is_loopback,
                                      public_model, resolve_run)
 from xlprompt.serving.app import ServeSettings

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xlprompt.cli import app
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt.experiments import expand_grid, load_store, rebuild_store, run_sweep
 from xlprompt.experiments.store import RESULTS_FILE, columns, update_store
 
@@ -404,9 +404,9 @@ def test_ray_backend_on_a_local_ray(tiny_model_dir, tmp_path):
 def test_run_ids_are_stable_across_releases(monkeypatch):
     """A finished sweep must keep its run ids when xlprompt gains an option (else a resumed sweep redoes
     every run): ids are pinned, and a setting declared with `id_neutral` is hashed only off that value."""
-    import xlprompt.config as config_mod
+    import xlprompt.runs.config as config_mod
     from xlprompt.experiments import grid as grid_mod
-    from xlprompt.settings import Setting
+    from xlprompt.core.settings import Setting
 
     grid = {"fixed": {"task": "sib200", "model": "multilingual-e5-small", "languages": ["eng_Latn"],
                       "epochs": 6, "seed": 0}, "axes": {"prompt_length": [10], "shots": [32]}}

@@ -12,8 +12,8 @@ from xlprompt import TrainConfig, fit, load
 from xlprompt.cli import app
 from xlprompt.data.conllu import parse_conllu
 from xlprompt.data.panx import parse_panx
-from xlprompt.errors import XlpromptError
-from xlprompt.evaluation import evaluate, predict_outputs, results_table, write_results
+from xlprompt.core.errors import XlpromptError
+from xlprompt.evaluation.evaluate import evaluate, predict_outputs, results_table, write_results
 from xlprompt.prompts.config import DeepPromptConfig, InputPromptConfig
 from xlprompt.tasks import Task, get_task, register_task
 from xlprompt.tasks.tagging import TokenTagging, tagging_metrics

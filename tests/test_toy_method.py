@@ -13,11 +13,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from xlprompt import TrainConfig, evaluate, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.prompts import PromptedInputs, register_method
 from xlprompt.prompts.config import METHOD_ALIASES, METHOD_CONFIGS
-from xlprompt.settings import setting
+from xlprompt.core.settings import setting
 
 
 @dataclass

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.prompts.config import InputPromptConfig
 
 from conftest import DECODERS, FAMILIES
@@ -84,9 +84,9 @@ def test_same_seed_same_numbers(tiny_model_dir, toy_task):
 
 def test_progress_goes_to_logs_as_plain_lines(tiny_model_dir, toy_task, monkeypatch, capsys):
     """Output redirected to a file gets timed plain lines (a rich bar would appear only at the end)."""
-    import xlprompt.progress
+    import xlprompt.core.progress
 
-    monkeypatch.setattr(xlprompt.progress, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(xlprompt.core.progress, "LOG_INTERVAL", 0.0)
     run = fit(make_config(tiny_model_dir("bert"), epochs=2), progress=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training ")]
     steps = run.curve[-1]["step"]
@@ -124,8 +124,8 @@ def test_encoder_prompt_follows_first_special_token(tiny_model_dir, toy_task):
 def test_head_weight_decay_regularises_the_head_alone(tiny_model_dir, toy_task):
     """Issue 15 asks whether the prompt loses to the (L2-regularised) probe because its head is not
     regularised: --head-weight-decay decays the head and leaves the prompt's optimizer as it was."""
-    from xlprompt.errors import XlpromptError
-    from xlprompt.train import param_groups
+    from xlprompt.core.errors import XlpromptError
+    from xlprompt.training.fit import param_groups
 
     plain = fit(make_config(tiny_model_dir("xlm-roberta"), epochs=3), progress=False)
     decayed = fit(make_config(tiny_model_dir("xlm-roberta"), epochs=3, head_weight_decay=20.0), progress=False)
@@ -170,7 +170,8 @@ def test_a_run_folder_holds_only_its_own_parts(tiny_model_dir, toy_task, tmp_pat
 
 def test_saving_over_a_run_removes_its_results_and_results_never_pair_new_json_with_old_csv(
         tiny_model_dir, toy_task, tmp_path, monkeypatch):
-    from xlprompt import evaluation, io
+    from xlprompt.core import io
+    from xlprompt.evaluation import evaluate as evaluation
 
     folder = tmp_path / "run"
     run = fit(make_config(tiny_model_dir("bert"), epochs=1), progress=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xlprompt.errors import XlpromptError
+from xlprompt.core.errors import XlpromptError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tydiqa"
 
@@ -102,7 +102,7 @@ def test_tydiqa_trains_and_evaluates_end_to_end(tmp_path):
     assert results["task"] == "tydiqa" and results["split"] == "dev"
     assert {code: m["n"] for code, m in results["languages"].items()} == {"en": 2, "fi": 2, "sw": 1}
     # each language's numbers are its questions' own predicted spans, scored one by one
-    from xlprompt.evaluation import predict_outputs
+    from xlprompt.evaluation.evaluate import predict_outputs
     from xlprompt.tasks import get_task
     from xlprompt.tasks.qa import exact_match, f1_score
 

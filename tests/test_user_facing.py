@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from xlprompt import TrainConfig, fit, load
-from xlprompt.collate import encode_texts
-from xlprompt.evaluation import predict_encoded
+from xlprompt.data.collate import encode_texts
+from xlprompt.evaluation.evaluate import predict_encoded
 from xlprompt.prompts.config import InputPromptConfig
 
 
@@ -149,7 +149,7 @@ def test_quickstart_and_its_summary(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     from unittest import mock
 
-    with mock.patch("xlprompt.evaluation.evaluate", side_effect=KeyboardInterrupt):
+    with mock.patch("xlprompt.evaluation.evaluate.evaluate", side_effect=KeyboardInterrupt):
         res = CliRunner().invoke(app, ["quickstart", "--out", str(out), "--shots", "1", "--epochs", "1",
                                        "--prompt-length", "3", "--langs", "eng_Latn,deu_Latn"])
     assert res.exit_code != 0

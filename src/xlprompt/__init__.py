@@ -5,21 +5,21 @@
     run.save("runs/sib200-e5")
     results = xlprompt.evaluate(xlprompt.load("runs/sib200-e5"), languages="all")
 """
-from .config import TrainConfig
-from .errors import XlpromptError
+from .runs.config import TrainConfig
+from .core.errors import XlpromptError
 from .prompts.config import InputPromptConfig
 
 __version__ = "0.1.0"
 
 
 def fit(config: TrainConfig | None = None, **kwargs):
-    from .train import fit as _fit
+    from .training.fit import fit as _fit
 
     return _fit(config, **kwargs)
 
 
 def evaluate(run, languages="all", **kwargs) -> dict:
-    from .evaluation import evaluate as _evaluate
+    from .evaluation.evaluate import evaluate as _evaluate
 
     return _evaluate(run, languages, **kwargs)
 
@@ -29,7 +29,7 @@ def save(run, out_dir):
 
 
 def load(run_dir, backbone=None, *, device=None, dtype=None):
-    from .run import Run
+    from .runs.run import Run
 
     return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype)
 

@@ -1,5 +1,5 @@
 """Figures of representation alignment (Tu et al. 2022): cosine and retrieval per layer, and the last
-layer's decision boundaries. The measurement itself is `xlprompt.representations`."""
+layer's decision boundaries. The measurement itself is `xlprompt.evaluation.representations`."""
 from __future__ import annotations
 
 from pathlib import Path

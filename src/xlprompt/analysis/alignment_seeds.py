@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import io
-from ..representations import FILE, LANGUAGES
+from ..core import io
+from ..evaluation.representations import FILE, LANGUAGES
 from . import stats as S
 from . import tables as T
 
@@ -44,9 +44,9 @@ def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> t
     covers the request (a sweep writes it while a fine-tuned run's weights are there), else computed (and
     written there)."""
     from .. import load
-    from ..representations import measure_run as measure
-    from ..representations import pick_languages
-    from ..run import Run
+    from ..evaluation.representations import measure_run as measure
+    from ..evaluation.representations import pick_languages
+    from ..runs.run import Run
     from ..tasks import get_task
 
     config = Run.read_config(run_dir)

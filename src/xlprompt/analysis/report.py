@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import io
+from ..core import io
 from ..data.languages import unknown_language_message
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from . import alignment_seeds
 from . import languages as L
 from . import tables as T
@@ -167,7 +167,7 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
     """Run the alignment analysis on picked runs; returns ([(name, title, png, csv, caption)], notes)."""
     from .. import load
     from ..tasks import get_task
-    from .. import representations as R
+    from ..evaluation import representations as R
     from . import alignment as A
 
     items, notes, tables, plain_done, runs_used = [], [], [], set(), []

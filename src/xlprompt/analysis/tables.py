@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from ..experiments.store import done_run_ids, load_store, setting_columns
 from ..prompts.config import METHOD_CONFIGS
 

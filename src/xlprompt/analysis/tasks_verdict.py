@@ -169,8 +169,8 @@ def recorded_alignment(frame: pd.DataFrame, store_dir) -> pd.DataFrame:
     (run, language): task, model, shots, arm, seed, language, retrieval, cosine. Runs without it are left out."""
     from pathlib import Path
 
-    from .. import io
-    from ..representations import FILE
+    from ..core import io
+    from ..evaluation.representations import FILE
 
     out = []
     for (task, model, shots), arms in arms_by_task(scored_rows(frame)).items():

@@ -16,8 +16,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..errors import XlpromptError
-from ..paths import default_data_dir
+from ..core.errors import XlpromptError
+from ..core.paths import default_data_dir
 
 UPOS_TAGS: tuple[str, ...] = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART",
                               "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X")

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .custom_source import FORMATS, SPLITS, Row, Source
 from .pairs import hash_bucket
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable, Sequence
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 
 LIST_HINT = (
     "List the codes with `xlprompt languages` or "

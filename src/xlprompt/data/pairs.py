@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import XlpromptError
-from ..paths import default_data_dir
+from ..core.errors import XlpromptError
+from ..core.paths import default_data_dir
 from .languages import unknown_language_message
 
 SPLITS = ("train", "dev", "test")

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .conllu import languages_with, resolve_data_dir, split_file, tagging_frame
 
 PANX_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 
 
 def _check_n(n_per_class: Any) -> int | None:

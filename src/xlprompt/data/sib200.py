@@ -24,8 +24,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import XlpromptError
-from ..paths import default_data_dir
+from ..core.errors import XlpromptError
+from ..core.paths import default_data_dir
 from .languages import unknown_language_message
 
 # The order of labels.txt in every upstream language folder; label ids index into this list.

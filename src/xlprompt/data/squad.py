@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import XlpromptError
-from ..paths import default_data_dir
+from ..core.errors import XlpromptError
+from ..core.paths import default_data_dir
 from .languages import suggest
 
 XQUAD_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import XlpromptError
-from ..paths import default_data_dir
+from ..core.errors import XlpromptError
+from ..core.paths import default_data_dir
 from .squad import _check_language, _frame, read_squad_json
 
 # id prefix -> ISO 639-1 (the 9 GoldP languages; Japanese and Thai have no gold passages)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .base import Engine, notice
 from .checked import CheckedEngine
 from .torch_engine import TorchEngine

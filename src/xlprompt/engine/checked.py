@@ -62,7 +62,7 @@ def rows_to_recheck(int8_outputs, threshold: float) -> np.ndarray:
 
 def subset(encoded, rows):
     """The encoded rows `rows`, in that order (classification rows: token ids and labels only)."""
-    from ..collate import Encoded
+    from ..data.collate import Encoded
 
     return Encoded([encoded.token_ids[r] for r in rows], [encoded.labels[r] for r in rows])
 
@@ -112,21 +112,21 @@ def backbone_fingerprint(backbone) -> str:
 
 
 def calibration_dir() -> Path:
-    from ..paths import cache_dir
+    from ..core.paths import cache_dir
 
     env = os.environ.get("XLPROMPT_CALIBRATION_CACHE")
     return Path(env).expanduser() if env else cache_dir() / "calibrations"
 
 
 def read_cached(key: str) -> dict | None:
-    from .. import io
+    from ..core import io
 
     found = io.read_cache_entry(calibration_dir() / f"{key}.json")  # None: calibrate again
     return found if found is not None and isinstance(found.get("threshold"), float) else None
 
 
 def write_cached(key: str, calibration: dict) -> None:
-    from .. import io
+    from ..core import io
 
     io.write_cache_entry(calibration_dir() / f"{key}.json", calibration)  # read-only: a few seconds next run
 

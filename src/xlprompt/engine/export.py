@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import io
-from ..errors import XlpromptError
-from ..paths import cache_dir
+from ..core import io
+from ..core.errors import XlpromptError
+from ..core.paths import cache_dir
 
 FORMAT = "xlprompt-onnx/1"  # bump when what an export contains changes
 OPSET = 17

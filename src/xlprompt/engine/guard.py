@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 
 MEAN_POINTS = 0.5
 WORST_POINTS = 2.0

@@ -25,7 +25,7 @@ CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]  # no FMA: th
 
 
 def kernel_dir() -> Path:
-    from ..paths import cache_dir
+    from ..core.paths import cache_dir
 
     env = os.environ.get("XLPROMPT_KERNEL_CACHE")
     return Path(env).expanduser() if env else cache_dir() / "kernels"

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .export import complete, export_dir, exported_graph, write_graph
 
 

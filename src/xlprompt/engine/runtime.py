@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .export import exported_graph
 
 

@@ -68,7 +68,7 @@ DEFAULT_SHAPE = LayerShape(384, 1536, 12)  # the offline default, multilingual-e
 def cpu_identity() -> dict:
     """The CPU's model name, the kernel-relevant flags it has, the cores this process may use, and the
     torch build: everything a measurement depends on, and so its cache key."""
-    from ..inference import available_cores
+    from .inference import available_cores
 
     name, flags = platform.processor() or platform.machine(), set()
     try:
@@ -198,7 +198,7 @@ def summarize(measured: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------- the cache
 def cache_dir() -> Path:
-    from ..paths import cache_dir as root
+    from ..core.paths import cache_dir as root
 
     env = os.environ.get("XLPROMPT_MACHINE_CACHE")
     return Path(env).expanduser() if env else root() / "machine"
@@ -211,7 +211,7 @@ def cache_key(identity: dict, shape: LayerShape, candidates) -> str:
 
 
 def read_cached(key: str) -> dict | None:
-    from .. import io
+    from ..core import io
 
     found = io.read_cache_entry(cache_dir() / f"{key}.json")  # None: measure again
     ok = (found is not None and found.get("key") == key and isinstance(found.get("seconds"), dict)
@@ -221,7 +221,7 @@ def read_cached(key: str) -> dict | None:
 
 
 def write_cached(key: str, found: dict) -> None:
-    from .. import io
+    from ..core import io
 
     io.write_cache_entry(cache_dir() / f"{key}.json", found)  # read-only: the probe again next process
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, dtype_name, local_rank_device, resolve_device,
+from .device import (CPU_MAX_TOKENS, GPU_MAX_TOKENS, dtype_name, local_rank_device, resolve_device,
                       resolve_dtype)
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from . import machine
 
 MARGIN = 1.15
@@ -180,7 +180,7 @@ def resolve(device="auto", dtype="auto", precision: str = "auto", engine: str = 
     the model's own weights (never quantized, never bf16 on CPU); `shape`: the backbone's layer shape for
     the measurement (default the offline default's); `backbone`: a loaded one (its kind and shape)."""
     from ..engine import auto_precision, resolve_engine
-    from ..inference import PRECISIONS
+    from .inference import PRECISIONS
 
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}")

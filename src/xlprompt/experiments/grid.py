@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import (TrainConfig, config_from_settings, flat_settings, id_dict, method_option_settings,
+from ..runs.config import (TrainConfig, config_from_settings, flat_settings, id_dict, method_option_settings,
                       methods_with, settings_of)
-from ..errors import XlpromptError
-from ..settings import Setting, aliases_of, declared, setting
+from ..core.errors import XlpromptError
+from ..core.settings import Setting, aliases_of, declared, setting
 
 TOP_LEVEL = {"fixed", "axes", "name", "description"}
 
@@ -196,7 +196,7 @@ def _build_spec(settings: dict, context: str) -> RunSpec:
 
 def _check_method_options(fixed: dict, blocks: list[dict]) -> None:
     """A method option no method of its product accepts is a typo or a mistake: say so, don't drop it."""
-    from ..config import METHOD_ALIASES, METHOD_CONFIGS
+    from ..runs.config import METHOD_ALIASES, METHOD_CONFIGS
 
     options = method_option_settings()
     for axes in blocks:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future
 
-from ..errors import XlpromptError
-from ..inference import available_cores
+from ..core.errors import XlpromptError
+from ..execution.inference import available_cores
 
 # environment a worker needs to see what the driver sees (data, model cache, offline mode)
 FORWARDED_ENV = ("XLPROMPT_DATA", "XLPROMPT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

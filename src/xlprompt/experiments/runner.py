@@ -18,9 +18,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import io
-from ..errors import XlpromptError
-from ..inference import available_cores
+from ..core import io
+from ..core.errors import XlpromptError
+from ..execution.inference import available_cores
 from .grid import RunSpec, expand_grid
 from .lock import RunLock
 from .store import DONE, FAILED, RESULTS, SPEC, rebuild_store, runs_dir, update_store
@@ -100,11 +100,11 @@ def execute_run(spec_dict: dict, store_dir: str, threads: int | None = None, dev
 def _train_and_evaluate(spec: RunSpec, folder: Path, threads: int | None, device=None, dtype=None) -> dict:
     import torch
 
-    from ..evaluation import evaluate
-    from ..representations import FILE as ALIGNMENT_FILE
-    from ..representations import measure_run as measure_alignment
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.representations import FILE as ALIGNMENT_FILE
+    from ..evaluation.representations import measure_run as measure_alignment
     from ..tasks import get_task
-    from ..train import fit
+    from ..training.fit import fit
 
     if threads:
         torch.set_num_threads(threads)
@@ -149,7 +149,7 @@ def gpu_slots(workers: int, gpus: int) -> list[str]:
 
 def default_workers(device) -> int:
     """Local workers when --workers is not given: one per visible GPU when runs go to CUDA, else 1."""
-    from ..device import cuda_count
+    from ..execution.device import cuda_count
     from ..execution import check_device
 
     return max(1, cuda_count()) if check_device(device).type == "cuda" else 1
@@ -265,7 +265,7 @@ def plan(specs: list[RunSpec], store_dir: str | Path) -> dict[str, str]:
 
 def _make_backend(backend: str, workers: int | None, address: str | None, num_cpus: float | None,
                   num_gpus: float | None = None, device=None, dtype=None):
-    from ..device import cuda_count
+    from ..execution.device import cuda_count
     from ..execution import check_device
 
     if backend == "ray":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import io
+from ..core import io
 from .grid import RunSpec, grid_settings, spec_settings
 
 RESULTS_FILE = "results.parquet"

@@ -19,9 +19,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import io
-from ..config import TrainConfig
-from ..errors import XlpromptError
+from ..core import io
+from ..runs.config import TrainConfig
+from ..core.errors import XlpromptError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import io
-from ..config import TrainConfig
-from ..errors import XlpromptError
+from ..core import io
+from ..runs.config import TrainConfig
+from ..core.errors import XlpromptError
 from ..prompts.config import METHOD_CONFIGS, method_settings
 from .peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD, SIDECAR, _atomic_dir
 
@@ -47,7 +47,7 @@ def import_peft(adapter_dir: str | Path, out_run_dir: str | Path, task: str | No
     adapter's `xlprompt.json` when xlprompt exported it, else to the task's defaults.
     """
     from ..models.classifier import build_classifier
-    from ..run import Run
+    from ..runs.run import Run
     from ..tasks import get_task
 
     adapter_dir = Path(adapter_dir)

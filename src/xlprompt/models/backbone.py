@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .offline_default import OFFLINE_DEFAULT_NAME
 
 ORIGINAL_E5 = "intfloat/multilingual-e5-small"
@@ -149,7 +149,7 @@ class Backbone(nn.Module):
     def _load(cls, name, source, local_only, kind, dtype, device) -> "Backbone":
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-        from ..device import load_kwargs
+        from ..execution.device import load_kwargs
 
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)

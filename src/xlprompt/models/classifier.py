@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..collate import Batch, Collator
-from ..device import autocast, configure, resolve_dtype
-from ..errors import XlpromptError
+from ..data.collate import Batch, Collator
+from ..execution.device import autocast, configure, resolve_dtype
+from ..core.errors import XlpromptError
 from ..prompts import build_prompt_method
 from .backbone import Backbone, layer_shape
 from .heads import PooledLinearHead, SpanHead, TokenLinearHead, VerbalizerHead, verbalizer_token_ids

@@ -56,9 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import XlpromptError
-from ..io import fsync_folder
-from ..paths import cache_dir
+from ..core.errors import XlpromptError
+from ..core.io import fsync_folder
+from ..core.paths import cache_dir
 
 OFFLINE_DEFAULT_NAME = "multilingual-e5-small"
 _BIN_NAME = "e5-small-q4.bin"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..errors import XlpromptError
-from ..settings import declared, read_aliases, setting
+from ..core.errors import XlpromptError
+from ..core.settings import declared, read_aliases, setting
 
 REPARAMS = ("none", "mlp", "residual")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import io
-from ..errors import XlpromptError
-from ..state import FILES
+from ..core import io
+from ..core.errors import XlpromptError
+from ..runs.state import FILES
 from .config import DeepPromptConfig
 from .input_prompt import PromptedInputs
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .. import io
-from ..errors import XlpromptError
-from ..state import FILES
+from ..core import io
+from ..core.errors import XlpromptError
+from ..runs.state import FILES
 
 
 def fit_length(rows: torch.Tensor, length: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 
 
 def _linear(d_in: int, d_out: int, generator: torch.Generator | None) -> nn.Linear:

@@ -21,7 +21,7 @@ import re
 import socket
 from pathlib import Path
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .served import NAME_CHARS
 
 MIN_TOKEN_CHARS = 16

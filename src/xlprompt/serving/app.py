@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .access import ClientLimit, Scrubber, bearer_matches, check_token, public_model, resolve_run
 from .batcher import MODES, Batcher, Closed, Job, QueueFull
 from .multi import PromptBank

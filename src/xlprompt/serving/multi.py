@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..collate import Batch, pad_layouts
+from ..data.collate import Batch, pad_layouts
 from ..engine import checked
 from ..engine.int8_token import linear_swaps, swapped
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
 from .served import (DuplicateName, Prediction, ServedRun, check_max_padding, check_name,
                      check_serving_precision, read_servable_config, serving_plan, to_prediction)
@@ -81,7 +81,7 @@ class PromptBank:
                   device=None, dtype=None, engine: str = "auto", precision: str = "auto") -> "PromptBank":
         """Load the model once (`model`, else the first run's) on `device` in `dtype` (device.py; default
         auto) and every run onto it."""
-        from ..device import configure
+        from ..execution.device import configure
         from ..execution import resolve
         from ..models.backbone import layer_shape
 
@@ -120,7 +120,7 @@ class PromptBank:
 
     def add(self, name: str, run_dir: str | Path) -> ServedRun:
         """Load a run folder onto the shared backbone under `name`."""
-        from ..run import Run
+        from ..runs.run import Run
         from ..tasks.custom import get_task_for
 
         check_name(name)
@@ -158,7 +158,7 @@ class PromptBank:
     def _calibrate(self, entry: ServedRun, task) -> float | None:
         """The run's int8-checked threshold from its training language's dev set (a few seconds); None, with
         a log line, where that set cannot be read: the run's rows then run in fp32."""
-        from ..evaluation import predict_outputs
+        from ..evaluation.evaluate import predict_outputs
 
         try:
             with self._forward_lock:  # it runs the shared backbone, and swaps its layers while in int8

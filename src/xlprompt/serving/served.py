@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io
-from ..collate import Collator, encode_texts
-from ..config import TrainConfig
-from ..errors import XlpromptError
+from ..core import io
+from ..data.collate import Collator, encode_texts
+from ..runs.config import TrainConfig
+from ..core.errors import XlpromptError
 from ..models.backbone import Backbone
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -32,7 +32,7 @@ class ServedRun:
 
     name: str
     path: Path
-    run: object  # xlprompt.run.Run, loaded onto the bank's backbone
+    run: object  # xlprompt.runs.run.Run, loaded onto the bank's backbone
     label_names: tuple[str, ...]
     takes_pairs: bool  # each example is two texts (the run's task says so; fixed when the run is added)
     collator: Collator = field(repr=False)

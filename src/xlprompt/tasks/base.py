@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .formats import SENTENCE_CLASSIFICATION, classification_metrics  # noqa: F401 (re-exported)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..data.custom import (CustomSpec, custom_label_names, custom_languages, custom_train_languages,
                            kind_of, load_custom)
-from ..errors import XlpromptError
+from ..core.errors import XlpromptError
 from .base import Task, get_task, register_task
 from .formats import SENTENCE_CLASSIFICATION
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..collate import Encoded, encode_texts
+from ..data.collate import Encoded, encode_texts
 
 
 def classification_metrics(labels, predictions, num_labels: int) -> dict:

@@ -25,8 +25,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ..collate import Encoded
-from ..errors import XlpromptError
+from ..data.collate import Encoded
+from ..core.errors import XlpromptError
 
 # ---------------------------------------------------------------------------------- normalisation
 # Copied rule for rule from MLQA's official evaluation script, mlqa_evaluation_v1.py in

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..collate import Encoded
-from ..errors import XlpromptError
+from ..data.collate import Encoded
+from ..core.errors import XlpromptError
 
 
 class TokenTagging:

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 DEVICES = "auto | cpu | cuda | cuda:N | mps"
 DTYPES = ("auto", "fp32", "bf16", "fp16")

@@ -1,6 +1,6 @@
 """The command-line app object and what every command shares (the app, consoles, error handling, data paths).
 
-Kept apart from cli.py so command modules register on the same `app` also under `python -m xlprompt.cli`.
+Kept apart from cli.py so command modules register on the same `app` also under `python -m xlprompt.cli.commands`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 # no local variables in tracebacks: they would print secrets such as serve's token
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -61,7 +61,7 @@ DTYPE_HELP = ("The frozen model's weights: auto (bf16 on a GPU that has it; on a
 def _execution(device: str, dtype: str) -> dict:
     """Check --device/--dtype before anything loads or is written (`--device cuda` without CUDA is one
     error line); the strings themselves go on to the API, which resolves them the same way."""
-    from .execution import check_device
+    from ..execution import check_device
 
     check_device(device, dtype)
     return {"device": device, "dtype": dtype}

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .cli_app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
-from .errors import XlpromptError
+from .app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
+from ..core.errors import XlpromptError
 
 
 @app.command()
@@ -31,8 +31,8 @@ def sweep(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs, CI)."),
 ):
     """Run a grid of experiments into a store; rerun to resume (done runs are skipped)."""
-    from .experiments.grid import expand_grid
-    from .experiments.runner import plan, run_sweep
+    from ..experiments.grid import expand_grid
+    from ..experiments.runner import plan, run_sweep
 
     specs = expand_grid(grid)
     if dry_run:
@@ -56,7 +56,7 @@ def _show_plan(specs, states):
 
     from rich.table import Table
 
-    from .experiments.grid import spec_settings, varying_fields
+    from ..experiments.grid import spec_settings, varying_fields
 
     columns = varying_fields(specs)
     table = Table(title=f"{len(specs)} runs")
@@ -76,7 +76,7 @@ def _show_plan(specs, states):
 @friendly
 def store_cmd(store: Path = typer.Argument(..., help="A sweep's store folder.")):
     """Rebuild DIR/results.parquet from the run folders and summarise it."""
-    from .experiments.store import rebuild_store, store_summary
+    from ..experiments.store import rebuild_store, store_summary
 
     if not (store / "runs").is_dir():
         raise XlpromptError(f"{store} is not a sweep store (no runs/ folder); run `xlprompt sweep GRID --store {store}`.")
@@ -113,7 +113,7 @@ def report(
     sentences: int = typer.Option(100, help="Parallel sentences per language for the alignment analysis."),
 ):
     """Figures (PNG), tables (CSV) and one self-contained HTML page from a results store."""
-    from .analysis.report import write_report
+    from ..analysis.report import write_report
 
     codes = [c.strip() for c in langs.split(",") if c.strip()] if langs else None
     started = time.perf_counter()
@@ -146,16 +146,16 @@ def plan_command(
     """How runs execute on this machine, and why: the execution plan that train/evaluate/serve resolve."""
     import json
 
-    from .engine import check_engine
-    from .execution import resolve
-    from .execution.plan import PURPOSES
-    from .models.backbone import layer_shape
+    from ..engine import check_engine
+    from ..execution import resolve
+    from ..execution.plan import PURPOSES
+    from ..models.backbone import layer_shape
 
     if purpose not in PURPOSES:
         raise XlpromptError(f"--purpose takes one of {', '.join(PURPOSES)}, got {purpose!r}.")
     shape = layer_shape(model)
     if remeasure:
-        from .execution import machine
+        from ..execution import machine
 
         machine.machine_speeds(shape or machine.DEFAULT_SHAPE, fresh=True)
     plan = resolve(device, dtype, precision, check_engine(engine), purpose=purpose, trains_backbone=trains_backbone,

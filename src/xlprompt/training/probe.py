@@ -19,12 +19,12 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import XlpromptError
-from .features import feature_cache_for
-from .models.heads import PooledLinearHead
-from .prompts.config import PROBE_C_GRID
-from .run import Run
-from .token_cache import default_token_cache
+from ..core.errors import XlpromptError
+from ..evaluation.features import feature_cache_for
+from ..models.heads import PooledLinearHead
+from ..prompts.config import PROBE_C_GRID
+from ..runs.run import Run
+from ..data.token_cache import default_token_cache
 
 MAX_ITER = 10_000
 TOL = 1e-6

@@ -1,16 +1,15 @@
 """The `xlprompt` command: thin, parses options into the same config objects the Python API takes."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from .cli_app import (DEVICE_HELP, DTYPE_HELP, _data_dir, _execution, _own_data, app, console, friendly,
+from .app import (DEVICE_HELP, DTYPE_HELP, _data_dir, _execution, _own_data, app, console, friendly,
                       with_settings)
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 
 def _refuse_existing_run(out: Path, overwrite: bool) -> None:
@@ -19,13 +18,13 @@ def _refuse_existing_run(out: Path, overwrite: bool) -> None:
 
 
 def _train_settings():
-    from .config import flat_settings
+    from ..runs.config import flat_settings
 
     return {k: v for k, v in flat_settings().items() if v.cli}
 
 
 def _method_notes() -> dict:
-    from .config import method_defaults_note, method_option_settings
+    from ..runs.config import method_defaults_note, method_option_settings
 
     return {name: method_defaults_note(name) for name in method_option_settings()}
 
@@ -52,10 +51,10 @@ def train(
 ):
     """Train a prompt (and head) on one language; write the run folder. Under torchrun: data parallel.
     Every setting of a run is an option here (declared once, on TrainConfig and the method configs)."""
-    from .config import config_from_settings
-    from .distributed import main_process
-    from .models.classifier import plan_for_config
-    from .train import fit
+    from ..runs.config import config_from_settings
+    from ..execution.distributed import main_process
+    from ..models.classifier import plan_for_config
+    from ..training.fit import fit
 
     _refuse_existing_run(out, overwrite)
     _execution(device, dtype)  # a device this machine lacks fails before the data is read
@@ -97,8 +96,8 @@ def train(
 
 
 def _evaluate_and_show(run, langs, out_json: Path):
-    from .evaluation import evaluate as _evaluate
-    from .evaluation import results_table, write_results
+    from ..evaluation.evaluate import evaluate as _evaluate
+    from ..evaluation.evaluate import results_table, write_results
 
     results = _evaluate(run, langs)
     write_results(results, out_json)  # before the table: nothing that prints can lose the evaluation
@@ -140,10 +139,10 @@ def evaluate(
                                "pip install 'xlprompt[onnx]'). auto: see benchmarks/README.md."),
 ):
     """Zero-shot evaluation of a run on many languages."""
-    from .evaluation import check_sort, results_table, scoring_task, write_results
-    from .evaluation import evaluate as _evaluate
-    from .models.classifier import plan_for_config
-    from .run import Run
+    from ..evaluation.evaluate import check_sort, results_table, scoring_task, write_results
+    from ..evaluation.evaluate import evaluate as _evaluate
+    from ..models.classifier import plan_for_config
+    from ..runs.run import Run
 
     _execution(device, dtype)  # a device this machine lacks fails first, before the run folder is read
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
@@ -167,8 +166,8 @@ def evaluate(
 
 
 def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine="auto") -> dict:
-    from .engine import check_engine
-    from .inference import PRECISIONS
+    from ..engine import check_engine
+    from ..execution.inference import PRECISIONS
 
     if (max_tokens is not None and max_tokens < 0) or (batch_size is not None and batch_size < 1):
         raise XlpromptError("--max-tokens must be >= 0 and --batch-size >= 1.")
@@ -188,7 +187,7 @@ def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engi
 @friendly
 def tasks():
     """List the registered tasks."""
-    from .tasks import get_task, task_names
+    from ..tasks import get_task, task_names
 
     for name in task_names():
         t = get_task(name)
@@ -199,9 +198,9 @@ def tasks():
 @friendly
 def languages(task: str = typer.Option("sib200"), data_dir: Optional[Path] = typer.Option(None)):
     """List a task's language codes with names and scripts."""
-    from .data.languages import language_info
-    from .data.pairs import language_name
-    from .tasks import get_task
+    from ..data.languages import language_info
+    from ..data.pairs import language_name
+    from ..tasks import get_task
 
     for code in get_task(task).languages(_data_dir(data_dir)):
         try:
@@ -212,7 +211,7 @@ def languages(task: str = typer.Option("sib200"), data_dir: Optional[Path] = typ
 
 
 def _quickstart_settings():
-    from .config import flat_settings
+    from ..runs.config import flat_settings
 
     return {k: v for k, v in flat_settings().items() if k in ("prompt_length", "shots", "epochs", "seed")}
 
@@ -231,7 +230,7 @@ def quickstart(
 ):
     """The main job: train a soft prompt on English SIB-200 with the offline default model, evaluate
     zero-shot on all 205 languages, print a table and a summary, write a report."""
-    from .engine import check_engine
+    from ..engine import check_engine
     from .quickstart import run_quickstart
 
     run_quickstart(out=out, **settings, langs=langs, console=console, engine=check_engine(engine), **_execution(device, dtype))
@@ -246,7 +245,7 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
 ):
     """Export a run's prompt as a PEFT adapter; says what PEFT cannot represent."""
-    from .interop import export_peft
+    from ..interop import export_peft
 
     if fmt != "peft":
         raise XlpromptError(f"Unknown export format {fmt!r}: the only format is peft.")
@@ -267,21 +266,9 @@ def import_peft_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
 ):
     """Turn a PEFT prompt adapter into a run folder that `xlprompt evaluate` reads."""
-    from .interop import import_peft
+    from ..interop import import_peft
 
     words = [w.strip() for w in label_words.split(",")] if label_words else None
     report = import_peft(adapter_dir, out, task=task, model=model, head=head, label_words=words,
                          pooling=pooling, overwrite=overwrite)
     console.print(escape(report.text()), soft_wrap=True, highlight=False)
-
-
-from . import cli_experiments  # noqa: E402,F401  (registers sweep, store, report here, keeping --help's order)
-from . import cli_serve  # noqa: E402,F401  (registers serve)
-
-
-def main():  # pragma: no cover - console entry point alias
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .cli_app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
+from .app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
 
 
 @app.command()
@@ -65,11 +65,11 @@ def serve(
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ):
     """Serve run folders over HTTP on one shared frozen model: POST /classify, GET/POST/DELETE /prompts, GET /health."""
-    from .engine import check_engine
-    from .serving.multi import PromptBank
-    from .serving.served import check_max_padding, check_serving_precision, name_runs
-    from .serving.access import check_bind, check_prompts_dir, check_tls, is_loopback, read_token
-    from .serving.app import ServeSettings, check_port, make_server  # says which extra is missing
+    from ..engine import check_engine
+    from ..serving.multi import PromptBank
+    from ..serving.served import check_max_padding, check_serving_precision, name_runs
+    from ..serving.access import check_bind, check_prompts_dir, check_tls, is_loopback, read_token
+    from ..serving.app import ServeSettings, check_port, make_server  # says which extra is missing
     token = read_token(token_file, token)
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              max_texts=max_texts, max_chars=max_chars, batching=batching,

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 PRECISIONS = ("auto", "fp32", "int8", "int8-checked", "bf16", "fp16")  # what --precision takes
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import io
+from ..core import io
 from .config import TrainConfig
-from .errors import WriteFailed, XlpromptError
+from ..core.errors import WriteFailed, XlpromptError
 from .state import FILES, load_trainable_state
 
 
@@ -50,7 +50,7 @@ class Run:
     path: Path | None = None
 
     def evaluate(self, languages="all", **kwargs) -> dict:
-        from .evaluation import evaluate
+        from ..evaluation.evaluate import evaluate
 
         return evaluate(self, languages, **kwargs)
 
@@ -59,7 +59,7 @@ class Run:
         """The predicted label name of each text (as `xlprompt serve` answers "label"). `precision` auto is
         what the execution plan picks for the loaded model (execution/plan.py; int8-checked only from 2,000
         texts of sentence classification), as in `evaluate`; or give a resolved `plan`."""
-        from .evaluation import predict
+        from ..evaluation.evaluate import predict
 
         names = self.model_label_names()
         return [names[i] for i in predict(self.model, texts, self.config.max_length, text_pairs, batch_size,
@@ -108,7 +108,7 @@ class Run:
         return out
 
     def model_label_names(self):
-        from .tasks.custom import get_task_for
+        from ..tasks.custom import get_task_for
 
         return get_task_for(self.config).label_names
 
@@ -139,8 +139,8 @@ class Run:
         """A saved run, its model on `device` with the backbone in `dtype` (default auto: the execution
         plan's choice for this machine, execution/plan.py), or where a resolved `plan` says: where it
         trained does not matter, the folder holds fp32 tensors."""
-        from .models.classifier import build_classifier
-        from .tasks.custom import get_task_for
+        from ..models.classifier import build_classifier
+        from ..tasks.custom import get_task_for
 
         run_dir = cls.complete_folder(run_dir)
         try:

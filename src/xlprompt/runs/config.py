@@ -5,10 +5,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import XlpromptError
-from .prompts.config import (METHOD_ALIASES, METHOD_CONFIGS, InputPromptConfig, method_config, method_from_dict,
+from ..core.errors import XlpromptError
+from ..prompts.config import (METHOD_ALIASES, METHOD_CONFIGS, InputPromptConfig, method_config, method_from_dict,
                              method_settings)
-from .settings import Setting, declared, id_view, read_aliases, setting
+from ..core.settings import Setting, declared, id_view, read_aliases, setting
 
 
 @dataclass
@@ -71,7 +71,7 @@ class TrainConfig:
             raise XlpromptError("Own data needs both task='custom' and custom={'path': ..., 'text_column': ..., "
                                 "'label_column': ...} (CLI: --data-dir DIR --text-column C --label-column C).")
         if self.custom is not None:
-            from .data.custom import CustomSpec
+            from ..data.custom import CustomSpec
 
             CustomSpec.from_dict(self.custom)  # unknown keys fail here, before any model loads
         if self.head_init not in ("random", "probe"):

@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io
-from .collate import Encoded, encode_texts, length_sorted_batches
-from .data.languages import resolve_languages
-from .data.sampling import cap_rows
-from .engine.base import Work
-from .device import CPU_MAX_TOKENS, device_info, reset_peak_memory, to_device
-from .errors import XlpromptError
+from ..core import io
+from ..data.collate import Encoded, encode_texts, length_sorted_batches
+from ..data.languages import resolve_languages
+from ..data.sampling import cap_rows
+from ..engine.base import Work
+from ..execution.device import CPU_MAX_TOKENS, device_info, reset_peak_memory, to_device
+from ..core.errors import XlpromptError
 from .features import feature_cache_for, head_outputs, uses_features
-from .models.heads import head_loss
-from .progress import progress_bar
-from .tasks import get_task
-from .tasks.custom import get_task_for
+from ..models.heads import head_loss
+from ..core.progress import progress_bar
+from ..tasks import get_task
+from ..tasks.custom import get_task_for
 
 # benchmarks/README.md: budgets of 1024-4096 padded tokens ran within 5% of each other, 8192/16384 10-13%
 # slower than 2048; with few rows (a handful of languages) a smaller budget also pads less
@@ -109,7 +109,7 @@ def predict(model, texts, max_length: int = 128, text_pairs=None, batch_size: in
     """Predicted label indices for raw texts; `engine` and `precision` as in `evaluate` (or a resolved
     `plan`, execution/plan.py). int8-checked needs the `run` (its training language's dev set calibrates
     the threshold) and, as in `evaluate`, sentence classification and at least MIN_ROWS texts."""
-    from .engine import engine_for, notice
+    from ..engine import engine_for, notice
 
     enc = encode_texts(model.backbone.tokenizer, list(texts), [0] * len(texts), max_length, text_pairs)
     plan = plan or model_plan(model, engine=engine, precision=precision)
@@ -134,7 +134,7 @@ def model_plan(model, *, device=None, dtype=None, precision: str = "auto", engin
                max_tokens="auto", batch_size: int | None = None):
     """The execution plan for a loaded model: on its device and weights unless `device`/`dtype` say
     otherwise (then `apply_plan` moves it)."""
-    from .execution import resolve
+    from ..execution import resolve
 
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
     return resolve(device if device is not None else _device(model), dtype, precision, engine, threads, max_tokens,
@@ -173,9 +173,9 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
     `limit_per_language`: score at most this many rows of each language (`data.sampling.cap_rows`: a fixed,
     seedless rule that keeps parallel test sets parallel); None scores every row.
     """
-    from .engine import engine_for
-    from .inference import thread_setting
-    from .token_cache import default_token_cache
+    from ..engine import engine_for
+    from ..execution.inference import thread_setting
+    from ..data.token_cache import default_token_cache
 
     started = time.perf_counter()
     config = run.config
@@ -282,7 +282,7 @@ def mean_metrics(per_language: dict, names) -> dict:
 def results_frame(results: dict):
     import pandas as pd
 
-    from .data.languages import language_info
+    from ..data.languages import language_info
 
     rows = []
     for code, m in results["languages"].items():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from ..core import io
 from .collate import Encoded
 
 CACHE_VERSION = 1  # bump when what encode() produces changes for the same inputs
@@ -288,7 +288,7 @@ def default_token_cache(setting=True) -> TokenCache | None:
     if setting is True:
         import os
 
-        from .paths import cache_dir
+        from ..core.paths import cache_dir
 
         env = os.environ.get("XLPROMPT_TOKEN_CACHE")
         if env is not None and env.strip().lower() in ("off", "0", "false", "no", ""):

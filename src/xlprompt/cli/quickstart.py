@@ -5,7 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import io
+from ..core import io
 
 
 def summary_lines(results: dict, source: str = "eng_Latn", k: int = 5) -> list[str]:
@@ -47,11 +47,11 @@ def publish(stage: Path, out: Path, names) -> None:
 def run_quickstart(out: Path, prompt_length: int = 10, shots: int | None = None, epochs: int = 3,
                    seed: int = 0, langs: str = "all", console=None, progress: bool = True, device=None,
                    dtype=None, engine: str = "auto") -> dict:
-    from .config import TrainConfig
-    from .evaluation import evaluate, results_table, write_results
-    from .models.classifier import plan_for_config
-    from .prompts.config import InputPromptConfig
-    from .train import fit
+    from ..runs.config import TrainConfig
+    from ..evaluation.evaluate import evaluate, results_table, write_results
+    from ..models.classifier import plan_for_config
+    from ..prompts.config import InputPromptConfig
+    from ..training.fit import fit
 
     started = time.perf_counter()
     say = console.print if console else print

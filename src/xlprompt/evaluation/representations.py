@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .collate import encode_texts, length_sorted_batches
-from .device import to_device
-from .tasks import get_task
+from ..data.collate import encode_texts, length_sorted_batches
+from ..execution.device import to_device
+from ..tasks import get_task
 
 DEFAULT_LANGUAGES = ("deu_Latn", "fra_Latn", "zho_Hans", "hin_Deva", "swh_Latn", "arb_Arab", "jpn_Jpan")
 LANGUAGES = 20  # target languages measured per run (DEFAULT_LANGUAGES first, then sorted codes)

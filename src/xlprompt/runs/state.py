@@ -6,7 +6,7 @@ dependencies point one way: train -> run -> state, prompts -> state.
 """
 from __future__ import annotations
 
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 FILES = {"prompt": "prompt.safetensors", "head": "head.safetensors", "backbone": "backbone.safetensors"}
 

@@ -9,18 +9,18 @@ import time
 import numpy as np
 import torch
 
-from .evaluation import predict_outputs
-from .models.heads import head_loss
-from .config import TrainConfig
-from .data.sampling import few_shot_splits
-from .device import device_info, reset_peak_memory, to_device
-from .distributed import Replicas
-from .models.classifier import build_classifier, plan_for_config
+from ..evaluation.evaluate import predict_outputs
+from ..models.heads import head_loss
+from ..runs.config import TrainConfig
+from ..data.sampling import few_shot_splits
+from ..execution.device import device_info, reset_peak_memory, to_device
+from ..execution.distributed import Replicas
+from ..models.classifier import build_classifier, plan_for_config
 from .probe import fit_probe, init_head_from_probe
-from .progress import progress_bar
-from .run import Run, materialize_method
-from .state import load_backbone_state, load_trainable_state  # noqa: F401  (re-exported)
-from .tasks.custom import get_task_for
+from ..core.progress import progress_bar
+from ..runs.run import Run, materialize_method
+from ..runs.state import load_backbone_state, load_trainable_state  # noqa: F401  (re-exported)
+from ..tasks.custom import get_task_for
 
 
 def seed_everything(seed: int) -> None:

@@ -20,10 +20,10 @@ import weakref
 import numpy as np
 import torch
 
-from .collate import Collator, Encoded, length_sorted_batches
-from .device import CPU_MAX_TOKENS, to_device
-from .models.heads import PooledLinearHead
-from .token_cache import TokenCache, _memory, _sha, cache_key
+from ..data.collate import Collator, Encoded, length_sorted_batches
+from ..execution.device import CPU_MAX_TOKENS, to_device
+from ..models.heads import PooledLinearHead
+from ..data.token_cache import TokenCache, _memory, _sha, cache_key
 
 
 FEATURES_VERSION = 1

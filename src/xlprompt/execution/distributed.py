@@ -10,7 +10,7 @@ one process on the same global batch (up to float summation order). Dev scoring 
 
 Launch (one process per GPU; gloo on CPU, NCCL on CUDA):
 
-    torchrun --nproc_per_node 4 -m xlprompt.cli train --device cuda --out runs/x ...
+    torchrun --nproc_per_node 4 -m xlprompt.cli.commands train --device cuda --out runs/x ...
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .errors import XlpromptError
+from ..core.errors import XlpromptError
 
 
 def main_process() -> bool:

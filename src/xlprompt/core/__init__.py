@@ -1,0 +1,1 @@
+"""The small shared helpers every layer uses: errors, atomic files, paths, progress bars, setting declarations."""

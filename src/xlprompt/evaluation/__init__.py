@@ -1,0 +1,1 @@
+"""Evaluation: per-language scoring, pooled features, representation alignment."""

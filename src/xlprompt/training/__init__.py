@@ -1,0 +1,1 @@
+"""Training: the one loop (fit) and the converged linear probe."""
