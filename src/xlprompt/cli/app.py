@@ -1,6 +1,7 @@
-"""The command-line app object and what every command shares (the app, consoles, error handling, data paths).
+"""The command-line app object and what every command shares (the app, consoles, error handling, data paths,
+and the options derived from declared settings: `with_settings`).
 
-Kept apart from cli.py so command modules register on the same `app` also under `python -m xlprompt.cli.commands`.
+Kept apart from the command modules so each registers on the same `app` (cli/__init__ imports them).
 """
 from __future__ import annotations
 

@@ -106,15 +106,19 @@ def _evaluate_and_show(run, langs, out_json: Path):
     return results
 
 
+def _evaluation_settings():
+    from ..experiments.grid import eval_settings
+
+    return {k: s for k, s in eval_settings().items() if k in ("languages", "split", "limit_per_language")}
+
+
 @app.command()
 @friendly
+@with_settings(_evaluation_settings, defaults={"split": None})
 def evaluate(
+    settings: dict,
     run_dir: Path = typer.Argument(..., help="A run folder written by `xlprompt train`."),
-    langs: str = typer.Option("all", help="all, or comma-separated language codes."),
     out: Optional[Path] = typer.Option(None, help="Write results JSON (and a CSV beside it)."),
-    split: Optional[str] = typer.Option(None, help="Split to evaluate (default: the task's test split)."),
-    limit_per_language: Optional[int] = typer.Option(None, help="Score at most N rows per language (a fixed, "
-                                                     "seedless rule that keeps parallel sets parallel)."),
     task: Optional[str] = typer.Option(None, help="Score on another task with the same labels and format "
                                        "(an xquad run on mlqa); default: the run's task."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (env XLPROMPT_DATA)."),
@@ -151,8 +155,9 @@ def evaluate(
     run = Run.load(run_dir, plan=plan)
     check_sort(sort, scoring_task(run.config, task).metric_names)
     data = _own_data(data_dir) if run.config.custom else _data_dir(data_dir)  # own data: a file is fine too
-    results = _evaluate(run, langs, task=task, split=split, data_dir=data, plan=plan, token_cache=token_cache,
-                        precision=precision, engine=engine, limit_per_language=limit_per_language)
+    results = _evaluate(run, settings["languages"], task=task, split=settings["split"], data_dir=data, plan=plan,
+                        token_cache=token_cache, precision=precision, engine=engine,
+                        limit_per_language=settings["limit_per_language"])
     target = out or (run_dir / "results.json")
     write_results(results, target)  # before anything that could fail: an evaluation can take an hour
     console.print(results_table(results, sort_by=sort))

@@ -8,12 +8,20 @@ from typing import Optional
 
 import typer
 
-from .app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly
+from .app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly, with_settings
+
+
+def _serve_settings():
+    from ..serving.settings import serve_settings
+
+    return serve_settings()
 
 
 @app.command()
 @friendly
+@with_settings(_serve_settings)
 def serve(
+    settings: dict,
     run_dirs: Optional[list[Path]] = typer.Argument(None, help="Run folders to serve, each named after its folder."),
     name: Optional[list[str]] = typer.Option(None, "--name", help="NAME=RUN_DIR: serve a run under a name "
                                              "(repeatable)."),
@@ -21,15 +29,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network: needs "
                              "--token or --insecure)."),
     port: int = typer.Option(8000),
-    max_batch: int = typer.Option(64, help="Texts per forward pass."),
-    max_wait_ms: float = typer.Option(10.0, help="How long the oldest waiting text may wait for a batch to fill."),
-    max_queue: int = typer.Option(1024, help="Texts that may wait for the model; beyond that requests get 503."),
-    max_texts: int = typer.Option(256, help="Texts per request."),
-    max_chars: int = typer.Option(2000, help="Characters per text."),
     max_padding: float = typer.Option(0.1, help="Split a batch into length-sorted forward passes with at most "
                                       "this fraction of padded positions (1: one pass, for GPUs)."),
-    batching: str = typer.Option("mixed", help="mixed: one forward pass mixes prompts; single: one prompt per "
-                                 "pass (the baseline)."),
     read_only: bool = typer.Option(False, "--read-only", help="Refuse POST/DELETE /prompts."),
     prompts_dir: Optional[Path] = typer.Option(None, help="Folder of run folders that POST /prompts may load, "
                                                "by name (without it, prompts cannot be added while serving)."),
@@ -47,12 +48,6 @@ def serve(
     forwarded_allow_ips: Optional[str] = typer.Option(None, help="Proxies whose X-Forwarded-For is trusted "
                                                       "(comma-separated addresses); default none, so each "
                                                       "client is known by its own address."),
-    max_connections: int = typer.Option(512, help="Connections and requests at once; beyond it: 503."),
-    body_seconds: float = typer.Option(10.0, help="Seconds a request body may take to arrive (else 408)."),
-    max_client_texts: Optional[int] = typer.Option(None, help="Texts one client may have waiting or in a batch "
-                                                   "(default: half of --max-queue)."),
-    drain_seconds: float = typer.Option(10.0, help="On SIGTERM: stop accepting, let queued requests finish "
-                                        "within this many seconds, exit 0."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime, fp32; "
                                "pip install 'xlprompt[onnx]')."),
@@ -71,12 +66,9 @@ def serve(
     from ..serving.access import check_bind, check_prompts_dir, check_tls, is_loopback, read_token
     from ..serving.app import ServeSettings, check_port, make_server  # says which extra is missing
     token = read_token(token_file, token)
-    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             max_texts=max_texts, max_chars=max_chars, batching=batching,
-                             allow_changes=not read_only, token=token, prompts_dir=check_prompts_dir(prompts_dir),
-                             max_client_texts=max_client_texts, drain_seconds=drain_seconds,
-                             auth=auth or ("all" if token and not is_loopback(host) else "write"),
-                             max_connections=max_connections, body_seconds=body_seconds)
+    settings = ServeSettings(**settings, allow_changes=not read_only, token=token,
+                             prompts_dir=check_prompts_dir(prompts_dir),
+                             auth=auth or ("all" if token and not is_loopback(host) else "write"))
     check_bind(host, settings.token, insecure)
     check_tls(ssl_certfile, ssl_keyfile)
     check_max_padding(max_padding)
@@ -94,7 +86,7 @@ def serve(
                                 **execution)
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
                   f"({', '.join(runs) or 'none yet'}) in "
-                  f"{time.perf_counter() - started:.1f}s · {batching} batching · engine {bank.engine} · "
+                  f"{time.perf_counter() - started:.1f}s · {settings.batching} batching · engine {bank.engine} · "
                   f"{str(bank.backbone.dtype).replace('torch.', '')} weights · precision {bank.precision}"
                   f"{' (' + bank.precision_why + ')' if precision == 'auto' else ''} · "
                   f"{'https' if ssl_certfile else 'http'}://{host}:{port} · token guards "

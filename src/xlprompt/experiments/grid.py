@@ -40,8 +40,8 @@ class RunSpec:
     """One run of a sweep: a resolved config plus what to evaluate it on."""
 
     config: TrainConfig
-    languages: Any = setting("all", "Evaluation languages: all or a list of codes.", kind="languages",
-                             column=False)
+    languages: Any = setting("all", "Evaluation languages: all, or comma-separated codes.", kind="languages",
+                             aliases=("langs",), column=False)
     split: str | None = setting("test", "Evaluation split.", optional=True, none_shows="the task's test split")
     limit_per_language: int | None = setting(None, "Score at most N rows per language (a fixed, seedless rule).",
                                              kind="int", none_shows="every row", id_neutral=None)

@@ -1,8 +1,8 @@
 """What a run folder holds, file by file, and how saved tensors go back into a model.
 
-The bottom of the run layer: `run.py` (saving/loading folders), `train.py` (restoring the best epoch)
+The bottom of the run layer: `run.py` (saving/loading folders), `training/fit.py` (restoring the best epoch)
 and `prompts/init.py` (`init=run:DIR`) all read it, and it imports nothing of theirs, so the
-dependencies point one way: train -> run -> state, prompts -> state.
+dependencies point one way: training -> runs.run -> runs.state, prompts -> runs.state.
 """
 from __future__ import annotations
 

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import math
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.errors import XlpromptError
-from .access import ClientLimit, Scrubber, bearer_matches, check_token, public_model, resolve_run
-from .batcher import MODES, Batcher, Closed, Job, QueueFull
+from .access import ClientLimit, Scrubber, bearer_matches, public_model, resolve_run
+from .batcher import Batcher, Closed, Job, QueueFull
 from .multi import PromptBank
 from .served import DuplicateName, to_prediction
+from .settings import ServeSettings
 
 try:
     from fastapi import FastAPI, Request
@@ -33,67 +33,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .guard import LOOPBACK_HOSTS, Guard, error_list, fail, parse  # noqa: E402  (needs FastAPI, checked above)
 
 log = logging.getLogger("xlprompt.serve")
-AUTH_MODES = ("write", "all")
-
-
-@dataclass
-class ServeSettings:
-    max_batch: int = 64        # texts per forward pass
-    max_wait_ms: float = 10.0  # how long the oldest queued text may wait for a batch to fill
-    max_queue: int = 1024      # texts waiting for the model; beyond it requests get 503
-    max_texts: int = 256       # per request
-    max_chars: int = 2000      # per text
-    batching: str = "mixed"    # mixed: any prompts in a batch; single: one prompt per batch (baseline)
-    allow_changes: bool = True  # POST/DELETE /prompts (they also need a token)
-    token: str | None = field(default=None, repr=False)  # bearer token for POST/DELETE /prompts
-    prompts_dir: Path | None = None  # POST /prompts loads run folders from here only, by name
-    max_client_texts: int | None = None  # texts one client may have queued or in a batch (None: half the queue)
-    drain_seconds: float = 10.0  # on SIGTERM, how long queued requests may take to finish
-    auth: str = "write"        # write: the token guards POST/DELETE /prompts; all: every endpoint but /health
-    body_seconds: float = 10.0  # a request body must arrive within this many seconds (else 408)
-    max_connections: int = 512  # connections and requests at once; beyond it uvicorn answers 503
-    # Host headers a request may carry (None: any). A loopback server allows only loopback names, so a web
-    # page whose domain re-resolves to 127.0.0.1 (DNS rebinding) cannot read its answers
-    allowed_hosts: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        self.token = check_token(self.token)
-        if self.prompts_dir is not None:  # compared with resolved run folders: symlinks and `..` are gone there
-            self.prompts_dir = Path(self.prompts_dir).expanduser().resolve()
-        if self.max_client_texts is None:
-            self.max_client_texts = max(self.max_texts, self.max_queue // 2)
-        if self.max_client_texts < self.max_texts:
-            raise XlpromptError(f"--max-client-texts {self.max_client_texts} is below --max-texts {self.max_texts}: "
-                                "a full request could never be queued.")
-        if self.drain_seconds < 0:
-            raise XlpromptError(f"--drain-seconds must be >= 0, got {self.drain_seconds}.")
-        for name in ("max_batch", "max_queue", "max_texts", "max_chars"):
-            if getattr(self, name) < 1:
-                raise XlpromptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.max_wait_ms < 0:
-            raise XlpromptError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}.")
-        if self.max_texts > self.max_queue:
-            raise XlpromptError(f"--max-texts {self.max_texts} exceeds --max-queue {self.max_queue}: a full request "
-                                "could never be queued.")
-        if self.batching not in MODES:
-            raise XlpromptError(f"Unknown --batching {self.batching!r}: use mixed or single.")
-        if self.auth not in AUTH_MODES:
-            raise XlpromptError(f"Unknown --auth {self.auth!r}: use all (every endpoint but /health needs the "
-                                "token) or write (only POST/DELETE /prompts do).")
-        if self.auth == "all" and self.token is None:
-            raise XlpromptError("--auth all needs a token (--token-file FILE or XLPROMPT_TOKEN): without one "
-                                "nobody could classify.")
-        if self.body_seconds <= 0 or self.max_connections < 1:
-            raise XlpromptError("--body-seconds must be > 0 and --max-connections >= 1.")
-
-    def public(self) -> dict:
-        """The settings as /health shows them: whether a token and a prompts directory are set, not what."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("token", "prompts_dir", "allowed_hosts")}
-        return {**out, "token": self.token is not None, "prompts_dir": self.prompts_dir is not None}
-
-    def body_limit(self) -> int:
-        """Bytes a largest valid request can take: texts and pairs, each char up to 6 bytes as a JSON escape."""
-        return 2 * self.max_texts * (6 * self.max_chars + 8) + 65536
 
 
 class ClassifyRequest(BaseModel):

@@ -13,9 +13,10 @@ import time
 from collections import deque
 from typing import Callable
 
+from .settings import MODES, default
+
 log = logging.getLogger("xlprompt.serve")
 
-MODES = ("mixed", "single")
 
 
 class QueueFull(Exception):
@@ -54,8 +55,8 @@ class Batcher:
     mode "mixed": a batch takes texts of any prompts, oldest first. "single": only texts of the prompt of
     the oldest queued text (the baseline a server without mixed batches has)."""
 
-    def __init__(self, forward, max_batch: int = 64, max_wait: float = 0.01, max_queue: int = 1024,
-                 mode: str = "mixed"):
+    def __init__(self, forward, max_batch: int = default("max_batch"), max_wait: float = default("max_wait_ms") / 1000,
+                 max_queue: int = default("max_queue"), mode: str = default("batching")):
         if mode not in MODES:
             raise ValueError(f"Unknown batching {mode!r}: use mixed or single.")
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
