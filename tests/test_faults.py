@@ -225,7 +225,7 @@ def fake_done_run(store: Path, rid: str, seed: int, accuracy: dict[str, float]) 
     """A done run folder as the runner writes it (the files the store reads), and the rows it must give."""
     folder = store / "runs" / rid
     folder.mkdir(parents=True)
-    config = {"task": "sib200", "model": "m", "method": {"type": "input_prompt", "prompt_length": 4, "reparam": None,
+    config = {"task": "sib200", "model": "m", "method": {"type": "input_prompt", "prompt_length": 4, "reparam": "none",
                                                          "init": "random"},
               "shots": 8, "seed": seed, "freeze_model": True, "lr": 0.01, "epochs": 2, "batch_size": 8,
               "train_language": "eng_Latn"}
@@ -278,6 +278,19 @@ def test_store_rebuild_and_incremental_against_the_run_folders(store):
     check_rows(update_store(store, ["bbb222"]), expected)
     check_rows(pd.read_parquet(store / RESULTS_FILE), expected)
     check_rows(rebuild_store(store), expected)
+
+
+def test_a_run_of_a_method_this_process_does_not_know_is_still_read(store):
+    store, expected = store
+    fake_done_run(store, "ddd444", 3, {"eng_Latn": 0.25})
+    for name in ("done.json", "spec.json"):  # a plugin's method, not imported here, with an older spelling
+        path = store / "runs" / "ddd444" / name
+        text = path.read_text().replace('"type": "input_prompt", "prompt_length": 4', '"type": "plugin", "length": 4')
+        path.write_text(text)
+    frame = rebuild_store(store)
+    check_rows(frame[frame["run_id"] != "ddd444"], expected)
+    plugin = frame[frame["run_id"] == "ddd444"].to_dict("records")
+    assert [(r["method"], r["prompt_length"], r["accuracy"]) for r in plugin] == [("plugin", 4, 0.25)]
 
 
 @pytest.mark.parametrize("fault", ["rename", "write", "read_only"])

@@ -26,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..core import io
+from ..core.errors import XlpromptError
+from ..core.settings import aliases_of
 from .grid import RunSpec, grid_settings, spec_settings
 
 RESULTS_FILE = "results.parquet"
@@ -82,8 +84,7 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     done = io.read_json(run_dir / DONE)
     results = io.read_json(run_dir / RESULTS)
     meta = io.read_json(run_dir / "run.json")
-    spec = RunSpec.from_dict(done["spec"])  # older spellings are read through the declared aliases
-    flat, config = spec_settings(spec), spec.config.to_dict()
+    flat, config = saved_settings(done["spec"])
     info, params = meta.get("info", {}), meta.get("parameters", {})
     curve = io.read_json(run_dir / "curve.json") if (run_dir / "curve.json").is_file() else []
     best = info.get("best_epoch")
@@ -94,7 +95,7 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     base.update({
         # what the run trained on and was scored on, as its results say (the task's default resolved)
         "train_language": results.get("train_language") or flat["train_language"],
-        "split": results.get("split", spec.split),
+        "split": results.get("split", flat["split"]),
         # what trained, reparameterization nets included (the saved prompt is folded and smaller)
         "trainable_parameters": info.get("trained_parameters", params.get("trainable")),
         "backbone_parameters": params.get("backbone"), "train_seconds": info.get("train_seconds"),
@@ -102,6 +103,23 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         "late_dev_gain": late_dev_gain(curve),
     })
     return [{**base, "language": code, **metrics} for code, metrics in results["languages"].items()]
+
+
+def saved_settings(spec: dict) -> tuple[dict, dict]:
+    """(flat settings, config dict) of a saved spec, older spellings read through the declared aliases.
+    A run of a method this process does not know (a plugin not imported here) keeps its values as saved,
+    so one such run never stops a store from being read."""
+    try:
+        parsed = RunSpec.from_dict(spec)
+        return spec_settings(parsed), parsed.config.to_dict()
+    except XlpromptError:
+        config = dict(spec["config"])
+        method = dict(config.get("method") or {})
+        names = aliases_of(grid_settings())
+        flat = {names.get(k, k): v for k, v in {**config, **method}.items() if k not in ("method", "type")}
+        flat.update(method=method.get("type"), languages=spec.get("languages"), split=spec.get("split"),
+                    limit_per_language=spec.get("limit_per_language"), alignment=spec.get("alignment"))
+        return flat, config
 
 
 def late_dev_gain(curve: list[dict]) -> float | None:
