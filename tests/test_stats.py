@@ -125,7 +125,7 @@ def test_verdict_is_undecided_with_too_few_seeds_or_languages(tmp_path):
     md = (tmp_path / "report" / "verdict.md").read_text()
     assert "| Freezing the model (MF) improves transfer (Philippy) |" in md and "undecided" in md
     assert "holds |" not in md.replace("does not hold", "")  # 2 seeds, 6 languages: nothing is decided
-    assert "Runs stopped too early" in md and md.count("| input_prompt |") == 2  # the two 8-shot seeds
+    assert "Runs stopped too early" in md and md.count("| input prompt |") == 2  # the two 8-shot seeds (methods read as labelled)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Verdict on the studies" in page and "Stopped too early" in page
     meta = json.loads((tmp_path / "report" / "report.json").read_text())

@@ -32,12 +32,22 @@ def styled(fn):
     return wrapper
 
 
+FOOTER_INCHES = 0.32  # the bottom strip that says what a figure held fixed
+
+
+def _footer(fig) -> float:
+    """The footer strip's height as a fraction of the figure (figures lay out above it)."""
+    return FOOTER_INCHES / fig.get_figheight()
+
+
 def _save(fig, path: Path, study: Study | None = None, tight: bool = True) -> Path:
+    """tight=False: the figure laid itself out above `_footer(fig)` (bottom legends)."""
     fixed = held_fixed_text(study.config.get("held_fixed") or []) if study is not None else ""
     if tight:
-        fig.tight_layout(rect=(0, 0.04, 1, 1) if fixed else None)
+        fig.tight_layout(rect=(0, _footer(fig), 1, 1) if fixed else None)
     if fixed:  # what the figure does not show it holds fixed: say so on the figure itself
-        fig.text(0.01, 0.01, f"held fixed: {fixed}", fontsize=7, color="#404a5e", wrap=True)
+        fig.text(0.01, 0.02 / fig.get_figheight(), f"held fixed: {fixed}", fontsize=7, color="#404a5e",
+                 wrap=True, va="bottom")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -140,9 +150,9 @@ def plot_reparam(study: Study, path: Path) -> Path:
         ax.set_title(f"{model_label(model)} · {freeze_label(frozen)}", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("#2ca02c", "#d62728")]
     fig.legend(handles, ["reparameterization helps", "reparameterization hurts"], loc="lower center",
-               ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+               ncol=2, fontsize=8, bbox_to_anchor=(0.5, _footer(fig)))
     fig.suptitle(study.title)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, _footer(fig) + 0.4 / fig.get_figheight(), 1, 1))
     return _save(fig, path, study, tight=False)
 
 
@@ -211,9 +221,10 @@ def plot_distance(study: Study, path: Path) -> Path:
         ax.set_ylabel("zero-shot accuracy")
         ax.set_title(dist)
     handles = [plt.Line2D([], [], marker="o", ls="-", color=colors[n]) for n in series]
-    fig.legend(handles, series, loc="lower center", ncol=min(2, len(series)), fontsize=8)
+    fig.legend(handles, series, loc="lower center", ncol=min(2, len(series)), fontsize=8,
+               bbox_to_anchor=(0.5, _footer(fig)))
     fig.suptitle(study.title)
-    fig.tight_layout(rect=(0, 0.06 * ((len(series) + 1) // 2), 1, 1))
+    fig.tight_layout(rect=(0, _footer(fig) + 0.06 * ((len(series) + 1) // 2), 1, 1))
     return _save(fig, path, study, tight=False)
 
 

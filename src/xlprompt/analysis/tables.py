@@ -158,10 +158,13 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 def held_fixed_text(chosen: list[dict]) -> str:
     """'shots 8 · epochs 30': the settings a study held at one value; a setting held at different values
-    in different series lists them all."""
+    in different series lists them all (a method's option only where the method has it)."""
     values: dict[str, list[str]] = {}
     for entry in chosen:
         for key, value in (entry.get("fixed") or {}).items():
+            declared = setting_columns().get(key)
+            if value is None and declared is not None and declared.where == "method":
+                continue  # a method option the series' method does not have
             shown_value = show_value(key, value)
             values.setdefault(key, [])
             if shown_value not in values[key]:
