@@ -24,6 +24,13 @@ def evaluate(run, languages="all", **kwargs) -> dict:
     return _evaluate(run, languages, **kwargs)
 
 
+def adapt(run_dir, language: str, shots: int, **kwargs):
+    """Continue a trained run on `shots` examples per class of one target language (prompt and head only)."""
+    from .training.adapt import adapt as _adapt
+
+    return _adapt(run_dir, language, shots, **kwargs)
+
+
 def save(run, out_dir):
     return run.save(out_dir)
 
@@ -34,5 +41,5 @@ def load(run_dir, backbone=None, *, device=None, dtype=None):
     return Run.load(run_dir, backbone=backbone, device=device, dtype=dtype)
 
 
-__all__ = ["TrainConfig", "InputPromptConfig", "XlpromptError", "fit", "evaluate", "save", "load",
+__all__ = ["TrainConfig", "InputPromptConfig", "XlpromptError", "fit", "adapt", "evaluate", "save", "load",
            "__version__"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core import io
+from ..runs.config import source_languages
 from ..evaluation.representations import FILE, LANGUAGES
 from . import stats as S
 from . import tables as T
@@ -51,7 +52,7 @@ def measure_run(run_dir: Path, languages: list[str] | None, sentences: int) -> t
 
     config = Run.read_config(run_dir)
     task = get_task(config.task)
-    pivot = config.train_language or task.train_language
+    pivot = source_languages(config, task)[0]  # the first source
     available = [c for c in task.languages(config.data_dir) if c != pivot]
     codes = [c for c in (languages or pick_languages(sorted(available), LANGUAGES)) if c in available]
     cached = _cached(run_dir, codes, sentences)

@@ -16,6 +16,7 @@ import pandas as pd
 from ..core import io
 from ..data.languages import unknown_language_message
 from ..core.errors import XlpromptError
+from ..runs.config import source_languages
 from . import alignment_seeds
 from . import languages as L
 from . import tables as T
@@ -182,7 +183,7 @@ def alignment_section(frame, store_dir: Path, out: Path, languages, sentences: i
             notes.append(f"alignment: could not load {run_dir.name} ({type(exc).__name__}: {exc})")
             continue
         task = get_task(run.config.task)
-        pivot = run.config.train_language or task.train_language
+        pivot = source_languages(run.config, task)[0]  # the first source
         available = [c for c in task.languages(run.config.data_dir) if c != pivot]
         codes = [c for c in (languages or R.pick_languages(available, 4)) if c in available]
         if not codes:
@@ -243,9 +244,10 @@ def write_report(store_dir: str | Path, out_dir: str | Path, *, alignment: bool 
         for code in languages:
             if code not in known:
                 raise XlpromptError(unknown_language_message(code, known, where=" in the store"))
-        frame = frame[frame["language"].isin(languages) | (frame["language"] == frame["train_language"])]
-    codes = sorted(set(frame["language"]) | set(frame["train_language"]))
-    train = frame["train_language"].mode().iloc[0]
+        frame = frame[frame["language"].isin(languages) | T.trained_on(frame)]
+    sources = {code for joined in frame["train_language"] for code in str(joined).split(",")}
+    codes = sorted(set(frame["language"]) | sources)
+    train = str(frame["train_language"].mode().iloc[0]).split(",")[0]  # distances: to the (first) source
     langs = lang_table if lang_table is not None else L.language_table(codes, train, frame["model"].unique())
     studies = [T.mf_study(frame), T.shots_study(frame), T.length_study(frame), T.reparam_study(frame),
                T.methods_study(frame)]

@@ -99,9 +99,19 @@ def load_results(store_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
+def trained_on(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose language the run trained on: a source (`train_language`, comma-separated when there are
+    several) or a language its few target examples came from (`target_languages`, "all": every one)."""
+    sources = [str(s).split(",") for s in frame["train_language"].fillna("")]
+    targets = frame["target_languages"] if "target_languages" in frame else pd.Series(None, index=frame.index)
+    hit = [language in s or (isinstance(t, str) and (t == "all" or language in t.split(",")))
+           for language, s, t in zip(frame["language"], sources, targets)]
+    return pd.Series(hit, index=frame.index, dtype=bool)
+
+
 def transfer_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Zero-shot rows only (target language != training language) on the test split when there is one."""
-    out = frame[frame["language"] != frame["train_language"]]
+    """Zero-shot rows only (no language the run trained on) on the test split when there is one."""
+    out = frame[~trained_on(frame)]
     if "split" in out and (out["split"] == "test").any():
         out = out[out["split"] == "test"]
     return out

@@ -54,7 +54,7 @@ def primary_metric(task: str) -> str:
 
 def scored_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Zero-shot rows with `accuracy` replaced by each task's first metric (the stats read `accuracy`)."""
-    rows = frame[frame["language"] != frame["train_language"]]
+    rows = frame[~T.trained_on(frame)]
     parts = []
     for task, part in rows.groupby("task", sort=True):
         metric = primary_metric(task)

@@ -95,6 +95,39 @@ def train(
         _evaluate_and_show(run, evaluate_langs, out / "results.json")
 
 
+@app.command()
+@friendly
+def adapt(
+    run_dir: Path = typer.Argument(..., help="A trained run (prompt and head on the frozen model)."),
+    language: str = typer.Option(..., help="The target language whose examples it continues on."),
+    shots: int = typer.Option(..., help="Examples per class from the language's train split (dev: ⌈n/4⌉ per class "
+                              "from its dev split; never its test split)."),
+    out: Path = typer.Option(..., help="Run folder to write (servable beside the source run)."),
+    epochs: int = typer.Option(10, help="Passes over the few examples."),
+    lr: Optional[float] = typer.Option(None, help="Prompt learning rate (default: the source run's)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the draw and the order (default: the source run's)."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+    evaluate_langs: Optional[str] = typer.Option(None, "--evaluate", help="Also evaluate: all or a,b,c."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+):
+    """Continue a trained run on a few examples of one target language: prompt and head only, the model
+    frozen. One small run per language; `xlprompt serve` serves them side by side."""
+    from ..training.adapt import adapt as _adapt
+
+    _refuse_existing_run(out, overwrite)
+    _execution(device, dtype)
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "seed": seed}.items() if v is not None}
+    run = _adapt(run_dir, language, shots, device=device, dtype=dtype, **overrides)
+    run.save(out)
+    best = run.curve[run.info["best_epoch"] - 1]
+    scores = " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in best.items() if k.startswith("dev_"))
+    console.print(f"saved run to [bold]{out}[/] · {language}, {shots} per class, from {run_dir} · best epoch "
+                  f"{run.info['best_epoch']} · {scores} · {run.info['train_seconds']:.1f}s")
+    if evaluate_langs:
+        _evaluate_and_show(run, evaluate_langs, out / "results.json")
+
+
 def _evaluate_and_show(run, langs, out_json: Path):
     from ..evaluation.evaluate import evaluate as _evaluate
     from ..evaluation.evaluate import results_table, write_results

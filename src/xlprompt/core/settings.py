@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .errors import XlpromptError
 
-KINDS = ("int", "float", "bool", "str", "shots", "strlist", "floatlist", "languages", "dict")
+KINDS = ("int", "float", "bool", "str", "shots", "strlist", "floatlist", "languages", "codes", "dict")
 _MISSING = dataclasses.MISSING
 NEUTRAL_NONE = object()  # id_neutral=None is a real value; this marks "no neutral value"
 
@@ -113,6 +113,14 @@ class Setting:
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                 raise bad("\"all\" or a non-empty list of language codes")
             return sorted(set(value))  # evaluation order does not matter; the hash must not see it
+        if kind == "codes":  # one code, or several in their given order (one stays a plain string)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise bad("a language code or a list of them")
+            if len(set(value)) != len(value):
+                raise bad("a list without repeats")
+            return value[0] if len(value) == 1 else value
         if kind == "dict":
             if not isinstance(value, dict):
                 raise bad("a table")

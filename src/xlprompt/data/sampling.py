@@ -116,3 +116,41 @@ def cap_rows(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
         return df
     keep = sorted(sorted(range(len(df)), key=position_digest)[:limit])
     return df.iloc[keep].reset_index(drop=True)
+
+
+def language_seed(seed: int, language: str) -> int:
+    """The draw seed of a language other than the first source: the run's seed and the language code mixed
+    by SHA-1. A parallel corpus (SIB-200: every language translates the same sentences) then gives each
+    language other sentences, and adding a language to a list never changes another language's draw."""
+    digest = hashlib.sha1(f"{_check_seed(seed)}:{language}".encode("utf-8")).hexdigest()
+    return int(digest[:8], 16)
+
+
+def multilingual_splits(load, sources: list[str], shots, seed: int, targets: list[str] = (),
+                        target_shots: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and dev rows drawn from several languages, each row tagged with its `language`.
+
+    `load(split, language)` returns a split's frame ("train" / "dev" as the caller names them); one source
+    and no targets give exactly today's frames (no `language` column). Sources:
+    `shots` per class per language from train and ceil(shots/4) per class from dev (`few_shot_splits`); the
+    first source draws with `seed` itself, so a run with one source draws exactly what it always did, the
+    others with `language_seed(seed, language)`. Targets: `target_shots` per class from each target's
+    train split only (never its test split; dev stays the sources'), drawn with `language_seed`; a class
+    with fewer rows than that is an error, since a target's few examples are the point of the setting.
+    """
+    if len(sources) == 1 and not targets:
+        return few_shot_splits(load("train", sources[0]), load("dev", sources[0]), shots, seed)
+    trains, devs = [], []
+    for i, language in enumerate(sources):
+        train, dev = few_shot_splits(load("train", language), load("dev", language), shots,
+                                     seed if i == 0 else language_seed(seed, language))
+        trains.append(train.assign(language=language))
+        devs.append(dev.assign(language=language))
+    for language in targets:
+        train = load("train", language)
+        smallest = train["label"].value_counts().min() if len(train) else 0
+        if target_shots is None or target_shots < 1 or smallest < target_shots:
+            raise XlpromptError(f"{target_shots} target examples per class from {language}: its training split has "
+                                f"{smallest} in its smallest class. Choose --target-shots of at most {smallest}.")
+        trains.append(k_shot(train, target_shots, language_seed(seed, language)).assign(language=language))
+    return pd.concat(trains, ignore_index=True), pd.concat(devs, ignore_index=True)

@@ -172,8 +172,10 @@ def calibration(run, task, forward, cache=None, data_dir=None, int8_layers=None)
     hit = _CALIBRATIONS.get(model)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
+    from ..runs.config import source_languages
+
     config = run.config
-    frame = task.load(task.dev_split, config.train_language or task.train_language, data_dir)
+    frame = task.load(task.dev_split, source_languages(config, task)[0], data_dir)  # the first source
     dev = (cache.encode(task, model.backbone.tokenizer, frame, config.max_length) if cache
            else task.encode(model.backbone.tokenizer, frame, config.max_length))
     key = calibration_key(model, dev.token_ids)

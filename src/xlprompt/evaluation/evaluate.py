@@ -30,6 +30,7 @@ from ..core.errors import XlpromptError
 from .features import feature_cache_for, head_outputs, uses_features
 from ..models.heads import head_loss
 from ..core.progress import progress_bar
+from ..runs.config import source_languages, target_languages
 from ..tasks import get_task
 from ..tasks.custom import get_task_for
 
@@ -239,16 +240,19 @@ def evaluate(run, languages="all", *, task: str | None = None, split: str | None
         "feature_cache": ({"root": str(feature_cache.root) if feature_cache.root else None, **feature_cache.stats}
                           if feature_cache else None),
     }
+    trained = source_languages(config, task) + target_languages(config, task)
     return {
         "task": task.name,
         "split": split,
         "run": str(run.path) if run.path else None,
         "model": config.model,
-        "train_language": config.train_language or task.train_language,
+        "train_language": ",".join(source_languages(config, task)),  # one source: its code, as always
+        "train_languages": trained,  # sources and target languages: none of them is zero-shot
         "notes": task.description,  # e.g. which data trained the run where the usual train set is missing
         "limit_per_language": limit_per_language,
         "languages": per_language,
         "mean": mean_metrics(per_language, task.metric_names),
+        "zero_shot_mean": mean_metrics({k: v for k, v in per_language.items() if k not in trained}, task.metric_names),
         "seconds": seconds,
         "sentences_per_second": len(pooled) / seconds if seconds else None,
         "speed": speed,

@@ -21,6 +21,7 @@ import torch
 
 from ..data.collate import encode_texts, length_sorted_batches
 from ..execution.device import to_device
+from ..runs.config import source_languages
 from ..tasks import get_task
 
 DEFAULT_LANGUAGES = ("deu_Latn", "fra_Latn", "zho_Hans", "hin_Deva", "swh_Latn", "arb_Arab", "jpn_Jpan")
@@ -141,7 +142,7 @@ def measure_run(run, languages: list[str] | None = None, sentences: int = 100) -
     task = get_task(run.config.task)
     if task.parallel_split is None:
         raise ValueError(f"{task.name} has no parallel evaluation data: alignment is not measured for it.")
-    pivot = run.config.train_language or task.train_language
+    pivot = source_languages(run.config, task)[0]  # the first source
     available = [c for c in task.languages(run.config.data_dir) if c != pivot]
     codes = [c for c in (languages or pick_languages(sorted(available), LANGUAGES)) if c in available]
     scores, _, _, _ = run_alignment(run, "run", codes, pivot, sentences, plain=False)

@@ -16,8 +16,24 @@ class TrainConfig:
     task: str = setting("sib200", "Registered task name (`xlprompt tasks`).")
     model: str = setting("multilingual-e5-small", "Hub id, local folder, or the offline default.")
     method: Any = field(default_factory=InputPromptConfig)
-    train_language: str | None = setting(None, "Training language.", kind="str", aliases=("train_lang",),
-                                         none_shows="the task's (English)")
+    # several sources: --shots per class from each; the first draws with the seed, the others with the seed
+    # mixed with their code (data.sampling.multilingual_splits); one language stays a plain string
+    train_language: str | list[str] | None = setting(
+        None, "Training language, or several (comma-separated; --shots per class from each).", kind="codes",
+        aliases=("train_lang", "train_languages"), none_shows="the task's (English)",
+        stored=lambda c: ",".join(c["train_language"]) if isinstance(c.get("train_language"), list)
+        else c.get("train_language"))
+    target_shots: int | None = setting(None, "A few target examples: this many per class from the train split of "
+                                       "each --target-languages language, added to the training set.",
+                                       kind="int", none_shows="none", id_neutral=None)
+    target_languages: str | list[str] | None = setting(
+        None, "Where the target examples come from: all, or comma-separated codes (never their test split).",
+        kind="languages", none_shows="none", id_neutral=None,
+        stored=lambda c: None if c.get("target_languages") is None else (
+            c["target_languages"] if isinstance(c["target_languages"], str) else ",".join(c["target_languages"])))
+    start: str | None = setting(None, "Continue a saved run (RUN_DIR): its prompt and head are where training "
+                                "starts; the model stays frozen (what `xlprompt adapt` does).", kind="str",
+                                none_shows="a fresh prompt and head", id_neutral=None)
     shots: int | None = setting(None, "Samples per class from train (all: every sentence); dev gets ⌈n/4⌉.",
                                 kind="shots", none_shows="all")
     seed: int = setting(0, "Seed of the prompt, head and sampling.", column=True)
@@ -61,6 +77,19 @@ class TrainConfig:
         if self.method.trains_backbone and self.freeze_model:
             raise XlpromptError("Fine-tuning trains the model: drop --freeze (or use --method head for a "
                                 "frozen model with a trained head).")
+        for name in ("train_language", "target_languages"):
+            if getattr(self, name) is not None:
+                setattr(self, name, declared(TrainConfig)[name].check(getattr(self, name), name))
+        if (self.target_shots is None) != (self.target_languages is None):
+            raise XlpromptError("A few target examples need both --target-shots K and --target-languages L1,L2|all.")
+        if self.target_shots is not None and self.target_shots < 1:
+            raise XlpromptError(f"--target-shots must be >= 1, got {self.target_shots}.")
+        sources = self.train_language if isinstance(self.train_language, list) else [self.train_language]
+        if isinstance(self.target_languages, list) and set(sources) & set(self.target_languages):
+            raise XlpromptError(f"{', '.join(sorted(set(sources) & set(self.target_languages)))} is both a training "
+                                "language and a target language: drop it from one of them.")
+        if self.start is not None and (not self.freeze_model or self.method.trains_backbone):
+            raise XlpromptError("--start continues a prompt and head on the frozen model: it cannot train the model.")
         if self.shots is not None and self.shots < 1:
             raise XlpromptError(f"--shots must be >= 1 (or omitted for all), got {self.shots}.")
         if self.epochs < 1:
@@ -178,3 +207,19 @@ def method_defaults_note(option: str) -> str:
     parts = [f"{cls.cli_name} {method_settings(k)[option].show(method_settings(k)[option].default)}"
              for k, cls in METHOD_CONFIGS.items() if option in method_settings(k)]
     return f" (default: {', '.join(parts)})" if parts else ""
+
+
+def source_languages(config: TrainConfig, task) -> list[str]:
+    """The languages a run trains on (its sources; the task's default when unset), in their given order."""
+    language = config.train_language or task.train_language
+    return list(language) if isinstance(language, list) else [language]
+
+
+def target_languages(config: TrainConfig, task) -> list[str]:
+    """The languages a run's few target examples come from ("all": every other language the task has)."""
+    if config.target_languages is None:
+        return []
+    if config.target_languages == "all":
+        sources = source_languages(config, task)
+        return [code for code in task.languages(config.data_dir) if code not in sources]
+    return list(config.target_languages)

@@ -11,8 +11,9 @@ import torch
 
 from ..evaluation.evaluate import predict_outputs
 from ..models.heads import head_loss
-from ..runs.config import TrainConfig
-from ..data.sampling import few_shot_splits
+from ..core.errors import XlpromptError
+from ..data.sampling import multilingual_splits
+from ..runs.config import TrainConfig, source_languages, target_languages
 from ..execution.device import device_info, reset_peak_memory, to_device
 from ..execution.distributed import Replicas
 from ..models.classifier import build_classifier, plan_for_config
@@ -66,12 +67,14 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
         target = model.backbone.device
     replicas = Replicas.from_env(target)
     task = get_task_for(config)  # own data: resolves and records label names in config.custom
-    language = config.train_language or task.train_language
+    sources, targets = source_languages(config, task), target_languages(config, task)
     seed_everything(config.seed)
-    train_df = task.load(task.train_split, language, config.data_dir)
-    dev_df = task.load(task.dev_split, language, config.data_dir)
-    train_df, dev_df = few_shot_splits(train_df, dev_df, config.shots, config.seed)
+    splits = {"train": task.train_split, "dev": task.dev_split}
+    train_df, dev_df = multilingual_splits(lambda split, language: task.load(splits[split], language, config.data_dir),
+                                           sources, config.shots, config.seed, targets, config.target_shots)
 
+    if model is None and config.start is not None:  # continue a saved run: its prompt and head
+        model = start_model(config, plan)
     model = model or build_classifier(config, task, plan=plan, gradient_checkpointing=gradient_checkpointing)
     where = model.backbone.device
     reset_peak_memory(where)
@@ -86,7 +89,7 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
     if config.method.fits_by_probe:  # head only: the converged linear probe, no epochs
         return fit_probe(config, model, task, (train_df, train_set), (dev_df, dev_set))
     head_init = None
-    if config.head_init == "probe":  # the head starts at the probe on the unprompted model
+    if config.head_init == "probe" and config.start is None:  # the head starts at the probe on the unprompted model
         head_init = init_head_from_probe(model, task, (train_df, train_set), (dev_df, dev_set), config)
 
     optimizer = torch.optim.AdamW(param_groups(model, config), weight_decay=config.weight_decay)
@@ -163,7 +166,21 @@ def fit(config: TrainConfig | None = None, *, model=None, progress: bool = True,
                       **({"plan": plan.to_dict()} if plan is not None else {})}}
     if head_init is not None:
         info["head_init_probe"] = head_init
+    if len(sources) > 1 or targets:  # what the run learned from, per language (the config says how)
+        info["train_languages"] = {str(k): int(v) for k, v in train_df["language"].value_counts(sort=False).items()}
     return Run(config=config, model=model, curve=curve, info=info)
+
+
+def start_model(config: TrainConfig, plan):
+    """The model of the run `config.start` names, to train further: same model and task, frozen."""
+    start = Run.load(config.start, plan=plan)
+    if (start.config.model, start.config.task) != (config.model, config.task):
+        raise XlpromptError(f"--start {config.start} is a {start.config.task} run on {start.config.model}; this "
+                            f"run is {config.task} on {config.model}.")
+    if not start.config.freeze_model:
+        raise XlpromptError(f"--start {config.start} trained the model itself: only a prompt and head on the frozen "
+                            "model can be continued.")
+    return start.model
 
 
 def replica_loss(model, collate, dataset, rows: list[int], replicas: Replicas) -> torch.Tensor:
