@@ -150,7 +150,10 @@ def _evaluation_settings():
 @with_settings(_evaluation_settings, defaults={"split": None})
 def evaluate(
     settings: dict,
-    run_dir: Path = typer.Argument(..., help="A run folder written by `xlprompt train`."),
+    run_dirs: list[Path] = typer.Argument(..., help="A run folder written by `xlprompt train` (several with "
+                                          "--ensemble)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average the class probabilities of the runs (one shared "
+                                  "frozen model, all members' rows in the same mixed passes)."),
     out: Optional[Path] = typer.Option(None, help="Write results JSON (and a CSV beside it)."),
     task: Optional[str] = typer.Option(None, help="Score on another task with the same labels and format "
                                        "(an xquad run on mlqa); default: the run's task."),
@@ -175,13 +178,18 @@ def evaluate(
     engine: str = typer.Option("auto", help="Backbone engine: auto | torch | onnx (ONNX Runtime on CPU; "
                                "pip install 'xlprompt[onnx]'). auto: see benchmarks/README.md."),
 ):
-    """Zero-shot evaluation of a run on many languages."""
+    """Zero-shot evaluation of a run (or an ensemble of runs) on many languages."""
     from ..evaluation.evaluate import check_sort, results_table, scoring_task, write_results
     from ..evaluation.evaluate import evaluate as _evaluate
     from ..models.classifier import plan_for_config
     from ..runs.run import Run
 
     _execution(device, dtype)  # a device this machine lacks fails first, before the run folder is read
+    if len(run_dirs) > 1 and not ensemble:
+        raise XlpromptError(f"{len(run_dirs)} runs given: pass --ensemble to average them, or evaluate one at a time.")
+    if ensemble:
+        return _evaluate_ensemble(run_dirs, settings, out, data_dir, sort, precision, engine, device, dtype)
+    run_dir = run_dirs[0]
     speed = _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine)
     token_cache = speed.pop("token_cache")
     plan = plan_for_config(Run.read_config(run_dir), device=device, dtype=dtype, purpose="evaluate", **speed)
@@ -201,6 +209,24 @@ def evaluate(
                   f"threads {s['threads']['final']} · "
                   f"padding {100 * s['padding_share']:.1f}%", highlight=False)
     console.print(f"wrote {target}")
+
+
+def _evaluate_ensemble(run_dirs, settings, out, data_dir, sort, precision, engine, device, dtype):
+    from ..evaluation.evaluate import check_sort, results_table, write_results
+    from ..serving.ensemble import Ensemble, evaluate_ensemble
+    from ..serving.served import check_serving_precision
+
+    if out is None:
+        raise XlpromptError("An ensemble's results go to --out FILE.json (no run folder is theirs alone).")
+    members = Ensemble.from_runs(run_dirs, precision=check_serving_precision(precision), engine=engine,
+                                 device=device, dtype=dtype)
+    check_sort(sort, ["accuracy", "macro_f1"])
+    results = evaluate_ensemble(members, settings["languages"], split=settings["split"], data_dir=_data_dir(data_dir),
+                                limit_per_language=settings["limit_per_language"])
+    write_results(results, out)
+    console.print(results_table(results, sort_by=sort))
+    console.print(f"ensemble of {len(run_dirs)} runs · {results['speed']['sentences']} sentences in "
+                  f"{results['seconds']:.1f}s · precision {members.bank.precision} · wrote {out}", highlight=False)
 
 
 def _speed_options(max_tokens, batch_size, token_cache, threads, precision, engine="auto") -> dict:
