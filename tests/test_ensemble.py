@@ -47,7 +47,7 @@ def test_an_ensemble_is_the_mean_of_its_members_and_one_member_is_the_run(runs):
 
 
 def test_members_must_share_a_task(runs):
-    with pytest.raises(XlpromptError, match="share a task"):
+    with pytest.raises(XlpromptError, match="must share a task"):
         Ensemble.from_runs([runs["a"], runs["other"]], precision="fp32")
 
 
@@ -59,3 +59,33 @@ def test_the_command_line(runs, tmp_path):
     assert len(saved["ensemble"]) == 2 and 0 <= saved["languages"]["eng_Latn"]["accuracy"] <= 1
     refused = CliRunner().invoke(app, ["evaluate", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "x.json")])
     assert refused.exit_code == 2 and "--ensemble" in refused.output and not (tmp_path / "x.json").exists()
+
+
+def test_a_named_ensemble_is_served(runs, tiny_model_dir):
+    import httpx
+
+    from xlprompt.models.backbone import Backbone
+    from xlprompt.serving import PromptBank
+    from xlprompt.serving.app import ServeSettings
+
+    from test_serve import AUTH, TOKEN, serving
+
+    bank = PromptBank(Backbone.load(str(tiny_model_dir("xlm-roberta"))), precision="fp32")
+    for name in ("a", "b", "c", "other"):
+        bank.add(name, runs[name])
+    bank.add_ensemble("trio", ["a", "b", "c"])
+    with pytest.raises(XlpromptError, match="must share a task"):
+        bank.add_ensemble("mixed", ["a", "other"])
+    expected = (own_probabilities(runs["a"]) + own_probabilities(runs["b"]) + own_probabilities(runs["c"])) / 3
+    with serving(bank, ServeSettings(token=TOKEN)) as (url, _):
+        with httpx.Client(base_url=url) as client:
+            r = client.post("/classify", json={"prompt": "trio", "texts": TEXTS[:4]})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["members"] == ["a", "b", "c"]
+            got = [[p["scores"][label] for label in body["labels"]] for p in body["predictions"]]
+            np.testing.assert_allclose(got, expected[:4], atol=1e-5)
+            assert client.get("/prompts").json()["ensembles"] == {"trio": ["a", "b", "c"]}
+            refused = client.delete("/prompts/b", headers=AUTH)
+            assert refused.status_code == 409 and "trio" in refused.json()["error"]
+            assert client.post("/classify", json={"prompt": "a", "texts": TEXTS[:1]}).json().get("members") is None

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..core.errors import XlpromptError
 from .app import DEVICE_HELP, DTYPE_HELP, _execution, app, console, friendly, with_settings
 
 
@@ -25,6 +26,8 @@ def serve(
     run_dirs: Optional[list[Path]] = typer.Argument(None, help="Run folders to serve, each named after its folder."),
     name: Optional[list[str]] = typer.Option(None, "--name", help="NAME=RUN_DIR: serve a run under a name "
                                              "(repeatable)."),
+    ensemble: Optional[list[str]] = typer.Option(None, "--ensemble", help="NAME=P1,P2,...: a name whose answers "
+                                                 "average the class probabilities of loaded prompts (repeatable)."),
     model: Optional[str] = typer.Option(None, help="The one model all prompts share (default: the first run's)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network: needs "
                              "--token or --insecure)."),
@@ -82,10 +85,15 @@ def serve(
         torch.set_num_threads(max(1, threads))
     check_port(host, port)
     started = time.perf_counter()
+    ensembles = dict(item.partition("=")[::2] for item in ensemble or [])
+    if any(not n or not m for n, m in ensembles.items()):
+        raise XlpromptError("--ensemble takes NAME=PROMPT1,PROMPT2,... naming loaded prompts.")
     bank = PromptBank.from_runs(runs, model=model, max_padding=max_padding, engine=engine, precision=precision,
                                 **execution)
+    for name, members in ensembles.items():
+        bank.add_ensemble(name, [m.strip() for m in members.split(",") if m.strip()])
     console.print(f"loaded {bank.backbone.name} on {bank.backbone.device} and {len(runs)} prompts "
-                  f"({', '.join(runs) or 'none yet'}) in "
+                  f"({', '.join(runs) or 'none yet'}{'; ensembles ' + ', '.join(ensembles) if ensembles else ''}) in "
                   f"{time.perf_counter() - started:.1f}s · {settings.batching} batching · engine {bank.engine} · "
                   f"{str(bank.backbone.dtype).replace('torch.', '')} weights · precision {bank.precision}"
                   f"{' (' + bank.precision_why + ')' if precision == 'auto' else ''} · "

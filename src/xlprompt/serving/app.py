@@ -13,11 +13,13 @@ import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import XlpromptError
 from .access import ClientLimit, Scrubber, bearer_matches, public_model, resolve_run
 from .batcher import Batcher, Closed, Job, QueueFull
 from .multi import PromptBank
-from .served import DuplicateName, to_prediction
+from .served import DuplicateName, InUse, to_prediction
 from .settings import ServeSettings
 
 try:
@@ -87,6 +89,25 @@ async def answered_or_left(request: Request, answer: asyncio.Future) -> bool:
     return answer.done()
 
 
+class ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+def answer_body(name: str, entries: list, logits: list[list]) -> dict:
+    """/classify's answer: one prompt's predictions, or an ensemble's mean class probabilities."""
+    entry = entries[0]
+    members = [[to_prediction(e, row) for row in rows] for e, rows in zip(entries, logits)]
+    if not all(math.isfinite(s) for preds in members for p in preds for s in p.logits):
+        fail(500, "the model returned non-finite scores for this request.")
+    scores = np.mean([[p.scores for p in preds] for preds in members], axis=0)
+    body = {"prompt": name, "labels": list(entry.label_names), "predictions": [
+        {"label": entry.label_names[int(np.argmax(row))], "label_index": int(np.argmax(row)),
+         "scores": dict(zip(entry.label_names, map(float, row)))} for row in scores]}
+    if len(entries) > 1 or entry.name != name:
+        body["members"] = [e.name for e in entries]
+    return body
+
+
 def create_app(bank: PromptBank, settings: ServeSettings | None = None):
     """The ASGI app; its lifespan starts and stops the model worker."""
     settings = settings or ServeSettings()
@@ -145,7 +166,7 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
 
     def lookup(name: str):
         try:
-            return bank.get(name)
+            return bank.resolve(name)  # one prompt, or an ensemble's members
         except KeyError as exc:
             fail(404, exc.args[0])
 
@@ -154,58 +175,60 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
         authenticate(request)
         req = await parse(request, ClassifyRequest)
         check_texts(req, settings)
-        entry = lookup(req.prompt)
+        entries = lookup(req.prompt)
         # what a request may take is settled before it costs anything: its client's share, then queue room
-        client, count = (request.client.host if request.client else "unknown"), len(req.texts)
+        client, count = (request.client.host if request.client else "unknown"), len(req.texts) * len(entries)
         if not limits.take(client, count):
             raise HTTPException(429, f"this client has {limits.in_flight.get(client, 0)} texts waiting or in a batch "
                                      f"and this request adds {count} (at most {limits.limit} at once): wait for "
                                      "the answers first", headers={"Retry-After": "1"})
-        job = None
+        jobs = []
         try:
             try:
                 batcher.check_room(count)
-                ids = await run_in_threadpool(entry.encode, req.texts, req.text_pairs)
+                ids = [await run_in_threadpool(e.encode, req.texts, req.text_pairs) for e in entries]
             except XlpromptError as exc:
                 fail(400, str(exc))
             except (QueueFull, Closed) as exc:
                 raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
             loop = asyncio.get_running_loop()
-            answer = loop.create_future()
+            answer, waiting = loop.create_future(), [len(entries)]
 
-            def settle(job):
-                if not answer.done():
-                    answer.set_result(job)
+            def settle(job):  # an ensemble's answer is ready when every member's job is
+                waiting[0] -= 1
+                if waiting[0] == 0 and not answer.done():
+                    answer.set_result(None)
 
-            job = Job(entry, ids, lambda job: loop.call_soon_threadsafe(settle, job))
             try:
-                batcher.submit(job)
+                for entry, entry_ids in zip(entries, ids):
+                    jobs.append(Job(entry, entry_ids, lambda job: loop.call_soon_threadsafe(settle, job)))
+                    batcher.submit(jobs[-1])
             except (QueueFull, Closed) as exc:
                 raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
             if not await answered_or_left(request, answer):
-                batcher.cancel(job)  # the client left: its rows not yet in a batch are dropped now
-                return JSONResponse({"error": "the client disconnected"}, status_code=499)
-        except asyncio.CancelledError:
-            if job is not None:
+                raise ClientLeft
+        except ClientLeft:
+            for job in jobs:  # rows not yet in a batch are dropped now
+                batcher.cancel(job)
+            return JSONResponse({"error": "the client disconnected"}, status_code=499)
+        except BaseException:  # cancelled, or refused midway: no member's rows go on
+            for job in jobs:
                 batcher.cancel(job)
             raise
         finally:
             limits.give(client, count)
-        if isinstance(job.error, Closed):
-            fail(503, str(job.error))
-        if job.error is not None:  # the worker logged it; clients learn that it failed, not how
+        errors = [job.error for job in jobs if job.error is not None]
+        if any(isinstance(e, Closed) for e in errors):
+            fail(503, str(next(e for e in errors if isinstance(e, Closed))))
+        if errors:  # the worker logged it; clients learn that it failed, not how
             fail(500, "the model failed on the batch holding this request; the server's log says why.")
-        predictions = [to_prediction(entry, row) for row in job.logits]
-        if not all(math.isfinite(s) for p in predictions for s in p.logits):
-            fail(500, "the model returned non-finite scores for this request.")
-        return {"prompt": entry.name, "labels": list(entry.label_names),
-                "predictions": [{"label": p.label, "label_index": p.label_index,
-                                 "scores": dict(zip(entry.label_names, p.scores))} for p in predictions]}
+        return answer_body(req.prompt, entries, [job.logits for job in jobs])
 
     @app.get("/prompts")
     async def prompts(request: Request):
         authenticate(request)
-        return {"prompts": [public_info(r) for r in bank.runs()]}
+        return {"prompts": [public_info(r) for r in bank.runs()],
+                "ensembles": {name: list(members) for name, members in bank.ensembles().items()}}
 
     @app.post("/prompts", status_code=201, openapi_extra=_schema(AddPromptRequest))
     async def add_prompt(request: Request):
@@ -231,6 +254,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
             entry = bank.remove(name)
         except KeyError as exc:
             fail(404, exc.args[0])
+        except InUse as exc:
+            fail(409, str(exc))
         log.info("removed prompt %s", name)
         return {"removed": entry.name}
 
@@ -238,7 +263,8 @@ def create_app(bank: PromptBank, settings: ServeSettings | None = None):
     async def health():
         stats = dict(batcher.stats)
         body = {"status": "ok" if batcher.alive else "model worker stopped", "model": public_model(bank.backbone.name),
-                "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "queued_texts": batcher.queued,
+                "model_kind": bank.backbone.kind, "prompts": len(bank.names()), "ensembles": len(bank.ensembles()),
+                "queued_texts": batcher.queued,
                 **stats, "mean_batch": stats["texts"] / stats["batches"] if stats["batches"] else 0.0,
                 "forward_passes": bank.forward_passes,  # batches split by length (--max-padding)
                 "precision": bank.precision, "precision_why": bank.precision_why,

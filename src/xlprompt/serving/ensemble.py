@@ -30,19 +30,8 @@ class Ensemble:
     """Named members of a prompt bank; `probabilities` is the mean of their class probabilities."""
 
     def __init__(self, bank: PromptBank, names: list[str]):
-        if not names:
-            raise XlpromptError("An ensemble needs at least one run.")
-        if len(set(names)) != len(names):
-            raise XlpromptError(f"An ensemble lists a run twice: {', '.join(names)}.")
+        bank.check_members(list(names))
         self.bank, self.names = bank, list(names)
-        members = self.members()
-        first = members[0]
-        for m in members[1:]:
-            if (m.run.config.task, tuple(m.label_names), m.takes_pairs) != \
-                    (first.run.config.task, tuple(first.label_names), first.takes_pairs):
-                raise XlpromptError(f"Ensemble members must share a task and its labels: {m.name} is a "
-                                    f"{m.run.config.task} run with labels {', '.join(m.label_names)}, {first.name} a "
-                                    f"{first.run.config.task} run with {', '.join(first.label_names)}.")
 
     @classmethod
     def from_runs(cls, run_dirs: list[str | Path], **bank_options) -> "Ensemble":

@@ -22,7 +22,7 @@ from ..engine import checked
 from ..engine.int8_token import linear_swaps, swapped
 from ..core.errors import XlpromptError
 from ..models.backbone import Backbone, resolve_model_source
-from .served import (DuplicateName, Prediction, ServedRun, check_max_padding, check_name,
+from .served import (DuplicateName, InUse, Prediction, ServedRun, check_max_padding, check_name,
                      check_serving_precision, read_servable_config, serving_plan, to_prediction)
 
 log = logging.getLogger("xlprompt.serve")
@@ -64,6 +64,7 @@ class PromptBank:
         engine_class(self.engine)("fp32").serve(self.backbone)
         self.forward_passes = 0
         self._runs: dict[str, ServedRun] = {}
+        self._ensembles: dict[str, tuple[str, ...]] = {}  # name -> member prompt names (their probabilities averaged)
         self._lock = threading.Lock()          # guards the name -> run table
         self._forward_lock = threading.Lock()  # one forward pass at a time on the shared model
         # the backbone's own tokenizer (label words when a run loads, calibration) and, per max_length, the
@@ -126,6 +127,8 @@ class PromptBank:
         check_name(name)
         if name in self.names():
             raise DuplicateName(f"A prompt named {name!r} is already loaded: remove it first or choose another name.")
+        if name in self.ensembles():
+            raise DuplicateName(f"{name!r} names an ensemble: choose another name.")
         run_dir = Path(run_dir).expanduser()
         config = read_servable_config(run_dir)
         self._check_model(config.model, run_dir)
@@ -177,7 +180,43 @@ class PromptBank:
         with self._lock:
             if name not in self._runs:
                 raise KeyError(f"Unknown prompt {name!r}.")
+            used = [e for e, members in self._ensembles.items() if name in members]
+            if used:
+                raise InUse(f"Prompt {name!r} is a member of ensemble {', '.join(used)}: it stays while they do.")
             return self._runs.pop(name)
+
+    def check_members(self, members: list[str], name: str = "an ensemble") -> list[ServedRun]:
+        """The loaded runs of an ensemble's members: distinct, loaded, one task with one set of labels."""
+        if len(set(members)) != len(members) or not members:
+            raise XlpromptError(f"{name} needs distinct members, got {', '.join(members) or 'none'}.")
+        missing = [m for m in members if m not in self.names()]
+        if missing:
+            raise XlpromptError(f"{name}: {', '.join(missing)} is not loaded.")
+        runs = [self.get(m) for m in members]
+        if len({(r.run.config.task, tuple(r.label_names), r.takes_pairs) for r in runs}) > 1:
+            raise XlpromptError(f"Members of {name} must share a task and its labels; it mixes "
+                                + "; ".join(f"{r.name}: {r.run.config.task} ({', '.join(r.label_names)})"
+                                            for r in runs) + ".")
+        return runs
+
+    def add_ensemble(self, name: str, members: list[str]) -> None:
+        """A name for loaded prompts whose class probabilities are averaged (serving/ensemble.py)."""
+        check_name(name)
+        self.check_members(members, f"ensemble {name!r}")
+        with self._lock:
+            if name in self._runs or name in self._ensembles:
+                raise DuplicateName(f"A prompt or ensemble named {name!r} is already loaded.")
+            self._ensembles[name] = tuple(members)
+
+    def ensembles(self) -> dict[str, tuple[str, ...]]:
+        with self._lock:
+            return dict(self._ensembles)
+
+    def resolve(self, name: str) -> list[ServedRun]:
+        """The runs a name stands for: one prompt, or an ensemble's members."""
+        with self._lock:
+            members = self._ensembles.get(name)
+        return [self.get(m) for m in members] if members is not None else [self.get(name)]
 
     def _check_model(self, model: str, run_dir: Path) -> None:
         if model == self.backbone.name:

@@ -87,6 +87,10 @@ class DuplicateName(XlpromptError):
     """A prompt of that name is already loaded."""
 
 
+class InUse(XlpromptError):
+    """The prompt is a member of an ensemble."""
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 100 or not set(name) <= NAME_CHARS:
         raise XlpromptError(f"Prompt name {name!r} is not usable: use 1-100 letters, digits, '.', '_' or '-'.")
