@@ -1,10 +1,10 @@
 """What an ensemble of prompts and a per-language adaptation cost, on the offline default, in one process.
 
-    python benchmarks/ensemble_adapt.py [--runs R1 R2 R3] [--languages 20] [--adapt swh_Latn,yor_Latn,quy_Latn]
+    python benchmarks/ensemble_adapt.py [--runs R1 R2 R3] [--languages 20] [--rounds 2] [--adapt swh_Latn,yor_Latn,quy_Latn]
 
 1. Ensemble: the same languages' test sets scored by one run (`xlprompt.evaluate`, fp32, torch engine, as
    `xlprompt evaluate --precision fp32`) and by the ensemble of the three runs (`serving.ensemble`, fp32),
-   alternating, best of two rounds each; the ratio is ensemble seconds / one run's seconds.
+   alternating, best of --rounds rounds each; the ratio is ensemble seconds / one run's seconds.
 2. Adapt: `xlprompt.adapt(R1, language, 8)` (8 examples per class, 10 epochs) per language, wall seconds
    including the load of the source run.
 
@@ -45,13 +45,14 @@ def main():
     parser.add_argument("--runs", nargs=3, type=Path, default=RUNS)
     parser.add_argument("--languages", type=int, default=20)
     parser.add_argument("--adapt", default="swh_Latn,yor_Latn,quy_Latn")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(2)
     languages = get_task("sib200").languages()[:args.languages]
     single = xlprompt.load(args.runs[0], dtype="fp32")
     ensemble = Ensemble.from_runs(args.runs, precision="fp32", engine="torch", dtype="fp32")
     one, three = [], []
-    for _ in range(2):
+    for _ in range(args.rounds):
         t = time.perf_counter()
         alone = xlprompt.evaluate(single, languages, precision="fp32", engine="torch", threads=2, progress=False,
                                   token_cache=False)

@@ -54,13 +54,14 @@ class Ensemble:
         members = self.members()
         n = len(ids_per_member[0])
         out = np.zeros((n, len(self.label_names)), dtype=np.float64)
+        order = sorted(range(n), key=lambda r: len(ids_per_member[0][r]))  # chunks of like lengths pad little
         for start in range(0, n, CHUNK):
-            width = min(CHUNK, n - start)
-            entries = [m for m in members for _ in range(width)]
-            ids = [row for member_ids in ids_per_member for row in member_ids[start:start + width]]
+            rows = order[start:start + CHUNK]
+            entries = [m for m in members for _ in rows]
+            ids = [member_ids[r] for member_ids in ids_per_member for r in rows]
             logits = self.bank.forward(entries, ids)  # every member's rows in the same mixed passes
             for k in range(len(members)):
-                out[start:start + width] += _softmax(logits[k * width:(k + 1) * width])
+                out[rows] += _softmax(logits[k * len(rows):(k + 1) * len(rows)])
         return out / len(members)
 
     def probabilities(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
