@@ -32,6 +32,9 @@ register_task(Task(name="custom", label_names=(), load=_needs_config, languages=
 
 
 def _train_language(spec: CustomSpec, config) -> str:
+    """The (first) training language: its rows name the labels."""
+    if isinstance(config.train_language, list):
+        return config.train_language[0]
     if config.train_language:
         return config.train_language
     have = custom_train_languages(spec, config.data_dir)
@@ -52,7 +55,7 @@ def custom_task(config) -> Task:
     if len(names) < 2:
         raise XlpromptError(f"Own data {spec.path} has a single label ({names[0]!r}) in its {language} training "
                             "rows; classification needs at least two.")
-    config.train_language = language
+    config.train_language = config.train_language or language
     config.custom = {**config.custom, "label_names": names}
     columns = ", ".join(f"{k.replace('_column', '')}={v!r}" for k, v in vars(spec).items()
                         if k.endswith("_column") and v)
